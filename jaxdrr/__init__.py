@@ -1,8 +1,39 @@
-"""jaxdrr: realistic, differentiable X-ray simulation from CT in JAX."""
+"""jaxdrr: realistic, differentiable X-ray simulation from CT in JAX.
 
-from jaxdrr import geometry, ops
+Data flow: io -> volume -> materials -> ops -> render -> noise -> image. The main entry points::
+
+    volume = jaxdrr.load_volume("ct.nii.gz")            # or jaxdrr.phantom()
+    P = jaxdrr.geometry.carm(lao=30, cran=10)
+    config = jaxdrr.RenderConfig(height=256, width=256, noise=jaxdrr.NoiseConfig())
+    render = jaxdrr.make_renderer(config)
+    image = jax.jit(render)(jaxdrr.default_params(config), volume, P, jax.random.key(0))
+"""
+
+from jaxdrr import display, geometry, materials, noise, ops, physics, spectral
 from jaxdrr.errors import GeometryError, JaxdrrError, LoadError, VolumeError
+from jaxdrr.io import format_volume_info, load_npz, load_volume, save_image, save_npz, volume_info
+from jaxdrr.materials import MaterialConfig
+from jaxdrr.noise import NoiseConfig
 from jaxdrr.ops import project
+from jaxdrr.phantom import phantom
+from jaxdrr.render import (
+    RenderConfig,
+    default_params,
+    default_spectrum,
+    image_from_line_integrals,
+    line_integrals,
+    make_renderer,
+    material_densities,
+    render,
+)
 from jaxdrr.volume import Volume
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Volume", "load_volume", "save_image", "save_npz", "load_npz", "volume_info",
+    "format_volume_info", "phantom", "project", "RenderConfig", "MaterialConfig", "NoiseConfig",
+    "default_params", "default_spectrum", "make_renderer", "render", "line_integrals",
+    "image_from_line_integrals", "material_densities", "geometry", "ops", "physics", "materials",
+    "spectral", "noise", "display", "JaxdrrError", "VolumeError", "GeometryError", "LoadError",
+]

@@ -289,7 +289,7 @@ def apply_crosstalk(noise: jax.Array, kernel: Any = DEEPDRR_CROSSTALK_KERNEL) ->
     chex.assert_rank(k, 2)
     if k.shape[0] % 2 == 0 or k.shape[1] % 2 == 0:
         raise JaxdrrError(f"crosstalk kernel must have odd size, got shape {k.shape}")
-    return jax.scipy.signal.convolve2d(noise, k.T, mode="same", precision=lax.Precision.HIGHEST)
+    return jax.scipy.signal.convolve2d(noise, k, mode="same", precision=lax.Precision.HIGHEST)
 
 
 def readout_noise(key: jax.Array, shape: tuple[int, int], std: Any, row_correlation: Any) -> jax.Array:
