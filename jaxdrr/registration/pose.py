@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdrr.errors import GeometryError
-from jaxdrr.geometry import carm as carm_lib
+from jaxdrr.geometry.carm import _AP_CAMERA_AXES, CArmGeometry, carm_extrinsics
 from jaxdrr.geometry.projection import (
     check_detector,
     check_projection_matrix,
@@ -257,12 +257,12 @@ def check_intrinsics(K, height: int, width: int) -> None:
             "them with jaxdrr.geometry.rescale_detector or pass the matching image.")
 
 
-def camera_from_carm(lao, cran, geometry: "carm_lib.CArmGeometry | None" = None,
+def camera_from_carm(lao, cran, geometry: CArmGeometry | None = None,
                      isocenter=(0.0, 0.0, 0.0), center=None) -> Camera:
     """Reference camera of a C-arm view (:func:`jaxdrr.geometry.carm`); rotation centre defaults to
     the isocentre."""
-    g = geometry or carm_lib.CArmGeometry()
-    R, t = carm_lib.carm_extrinsics(lao, cran, jnp.asarray(isocenter, jnp.result_type(float)),
+    g = geometry or CArmGeometry()
+    R, t = carm_extrinsics(lao, cran, jnp.asarray(isocenter, jnp.result_type(float)),
                                     g.sid_mm)
     return Camera.create(np.asarray(g.intrinsics), np.asarray(R), np.asarray(t), g.height, g.width,
                          isocenter if center is None else center)
@@ -328,7 +328,7 @@ def carm_parameters(R, t, center=None, sid_mm: float | None = None) -> dict[str,
     """
     R = np.asarray(R, np.float64)
     t = np.asarray(t, np.float64)
-    A = np.asarray(carm_lib._AP_CAMERA_AXES)
+    A = np.asarray(_AP_CAMERA_AXES)
     M = R.T @ A.T  # = Rz(lao) Rx(cran) Ry(roll)
     cran = np.arcsin(np.clip(M[2, 1], -1.0, 1.0))
     roll = np.arctan2(-M[2, 0], M[2, 2])

@@ -1,0 +1,63 @@
+"""2D/3D registration: find the pose of an X-ray from its CT by optimising a differentiable DRR.
+
+* :mod:`~jaxdrr.registration.pose`: :class:`Pose` (so3 / 6d / quaternion rotation + translation,
+  about a rotation centre, relative to a reference :class:`Camera`), conversions to P and C-arm angles.
+* :mod:`~jaxdrr.registration.metrics`: NCC, gradient NCC, patch-wise / multiscale NCC, MSE.
+* :mod:`~jaxdrr.registration.optimize`: :func:`register` (Adam / L-BFGS, coarse to fine, multi-start).
+* :mod:`~jaxdrr.registration.errors`: mTRE, projection distance, rotation / translation errors.
+* :mod:`~jaxdrr.registration.cli`: ``jaxdrr register``.
+
+Example::
+
+    camera = Camera.from_projection(P_nominal, H, W, center=volume.center)
+    result = register(volume, xray, camera, config=RegistrationConfig(metric="gncc"))
+    result.P, result.history
+"""
+
+from jaxdrr.registration import errors, metrics, optimize, pose
+from jaxdrr.registration.errors import (
+    grid_points,
+    mtre,
+    projection_distance,
+    registration_errors,
+    rotation_error_deg,
+    translation_error_mm,
+)
+from jaxdrr.registration.metrics import (
+    gradient_ncc,
+    make_loss,
+    mse,
+    multiscale_ncc,
+    ncc,
+    patch_ncc,
+)
+from jaxdrr.registration.optimize import (
+    RegistrationConfig,
+    RegistrationResult,
+    downsample_image,
+    make_loss_fn,
+    register,
+)
+from jaxdrr.registration.pose import (
+    Camera,
+    Pose,
+    camera_from_carm,
+    carm_parameters,
+    convert,
+    pose_extrinsics,
+    pose_from_extrinsics,
+    pose_from_projection,
+    pose_from_rotation,
+    pose_to_projection,
+    random_pose,
+    rotation_matrix,
+)
+
+__all__ = [
+    "Pose", "Camera", "camera_from_carm", "carm_parameters", "convert", "pose_extrinsics",
+    "pose_from_extrinsics", "pose_from_projection", "pose_from_rotation", "pose_to_projection",
+    "random_pose", "rotation_matrix", "ncc", "gradient_ncc", "patch_ncc", "multiscale_ncc", "mse",
+    "make_loss", "RegistrationConfig", "RegistrationResult", "register", "make_loss_fn",
+    "downsample_image", "grid_points", "mtre", "projection_distance", "registration_errors",
+    "rotation_error_deg", "translation_error_mm", "errors", "metrics", "optimize", "pose",
+]
