@@ -175,6 +175,8 @@ def write_results(stem: str, payload: dict, markdown: str) -> tuple[Path, Path]:
 
 def md_table(headers: list[str], rows: list[list]) -> str:
     def fmt(x):
+        if x is None:
+            return "n/a"
         if isinstance(x, float):
             if x != x:
                 return "n/a"

@@ -75,7 +75,8 @@ def test_forward_and_volume_gradient_match_xla(name):
     def loss(v, backend):
         return jnp.sum(project(v, affine, P, H, W, backend=backend) * Wt)
 
-    ref = project(vol, affine, P, H, W, backend="xla")
+    ref = jax.jit(functools.partial(project, affine=affine, height=H, width=W,
+                                    backend="xla"))(vol, P=P)
     out = jax.jit(functools.partial(project, affine=affine, height=H, width=W,
                                     backend="pallas_interpret"))(vol, P=P)
     assert out.shape == (H, W, vol.shape[0])
@@ -83,7 +84,7 @@ def test_forward_and_volume_gradient_match_xla(name):
     if name == "miss":
         assert np.any(np.asarray(ref) == 0.0)
         np.testing.assert_array_equal(np.asarray(out) == 0.0, np.asarray(ref) == 0.0)
-    g_ref = jax.grad(loss)(vol, "xla")
+    g_ref = jax.jit(jax.grad(loss), static_argnums=1)(vol, "xla")
     g_out = jax.jit(jax.grad(loss), static_argnums=1)(vol, "pallas_interpret")
     assert float(jnp.abs(g_ref).max()) > 0
     _close(g_out, g_ref)
@@ -103,8 +104,9 @@ def test_ray_geometry_cotangents_match_xla(name):
         out, vjp = jax.vjp(f, rays.entry, rays.direction, rays.step)
         return out, vjp(g)
 
-    ref_out, ref = via(march.march)
-    out, got = via(functools.partial(pallas_project.march_pallas, interpret=True, tile=32))
+    ref_out, ref = jax.jit(lambda: via(march.march))()
+    pallas = functools.partial(pallas_project.march_pallas, interpret=True, tile=32)
+    out, got = jax.jit(lambda: via(pallas))()
     _close(out, ref_out)
     for a, b in zip(got, ref):
         _close(a, b)
@@ -126,13 +128,13 @@ def test_pose_gradient_matches_xla(name):
         ref64, got64 = grads(jnp.float64)
     # Same math: in float64 the two paths agree to rounding.
     np.testing.assert_allclose(got64, ref64, rtol=1e-9, atol=1e-12 * np.abs(ref64).max())
-    # float32: both paths are as far from the float64 gradient as each other (the float32
-    # reference's own error is up to ~1e-3 relative in its worst entries), and close in max-norm.
+    # float32: the per-ray cotangents agree to 1e-5 (test above); the chain rule to P (shared,
+    # in XLA) sums many cancelling terms, so there the float32 reference is itself only good to
+    # ~1e-3 relative in its worst entries and ~5e-5 of the max-norm: compare in the max-norm.
     ref, got = grads(jnp.float32)
     scale = np.abs(ref64).max()
-    err_ref, err_got = np.abs(ref - ref64).max(), np.abs(got - ref64).max()
-    assert err_got <= 1.5 * err_ref + 1e-5 * scale, (err_got, err_ref)
-    assert np.abs(got - ref).max() <= 1e-4 * scale
+    assert np.abs(ref - ref64).max() <= 1e-4 * scale  # the reference's own float32 error
+    assert np.abs(got - ref).max() <= 1e-4 * scale, (got, ref)
 
 
 def test_vmap_jit_grad_and_vmap_grad_match_xla():
@@ -191,8 +193,7 @@ def test_vmap_is_one_pallas_call_with_a_batch_grid_axis():
     gm = calls[0].params["grid_mapping"]
     assert gm.grid[0] == 4 and len(gm.grid) == 2
     vol_in = calls[0].invars[-1].aval  # the flat volume: not batched
-    assert vol_in.shape == (vol.size // vol.shape[0] // 1 and
-                            np.prod([n + 2 for n in vol.shape[1:]]) * vol.shape[0],)
+    assert vol_in.shape == (int(np.prod([n + 2 for n in vol.shape[1:]])) * vol.shape[0],)
 
 
 def _all_eqns(jaxpr):
@@ -200,12 +201,11 @@ def _all_eqns(jaxpr):
         yield e
         if e.primitive.name == "pallas_call":
             continue  # do not descend into the kernel body
-        for sub in jax.core.subjaxprs(e) if hasattr(jax.core, "subjaxprs") else ():
-            yield from _all_eqns(sub)
         for p in e.params.values():
-            inner = getattr(p, "jaxpr", None)
-            if inner is not None and hasattr(inner, "eqns"):
-                yield from _all_eqns(inner)
+            for inner in (p if isinstance(p, (tuple, list)) else (p,)):
+                inner = getattr(inner, "jaxpr", inner)  # ClosedJaxpr -> Jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from _all_eqns(inner)
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import protocol  # noqa: E402
 
 
 def parse_levels(text: str):
-    return tuple(tuple(int(v) for v in item.split(":")) for item in text.split(","))
+    return tuple(tuple(int(v) if v.isdigit() else v for v in item.split(":")) for item in text.split(","))
 
 
 def summarize(rows, key_time="time_s") -> dict:

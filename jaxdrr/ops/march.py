@@ -57,12 +57,13 @@ def _chunk_backward(flat, padded_shape, entry, direction, step, num_steps, g, g_
         k, g_entry, g_direction, g_flat = state
         pos, s = _positions(entry, direction, step, k)
         active = (k < num_steps).astype(g.dtype)
-        _, dvalues, base, w = trilinear.sample_with_position_gradient(flat, padded_shape, pos)
-        gpos = jnp.einsum("rc,rcd->rd", g_step, dvalues) * active[:, None]
+        gpos, base, frac, inside = trilinear.sample_cotangent_gradient(
+            flat, padded_shape, pos, g_step * active[:, None])
         g_entry = g_entry + gpos
         g_direction = g_direction + s[:, None] * gpos
         if want_volume:
-            contrib = (w * active[:, None])[:, :, None] * g_step[:, None, :]  # [R, 8, C]
+            w = trilinear.corner_weights(frac) * (inside.astype(g.dtype) * active)[:, None]
+            contrib = w[:, :, None] * g_step[:, None, :]  # [R, 8, C]
             idx = (base[:, None] + offsets[None, :]).reshape(-1)
             g_flat = g_flat.at[idx].add(contrib.reshape(-1, contrib.shape[-1]),
                                         mode="promise_in_bounds")

@@ -4,6 +4,10 @@ The volume is stored as ``flat[(i * J2 + j) * K2 + k, c]`` over padded shape (I2
 are padded index coordinates. Positions outside the support (0, n+1) sample exactly zero and have
 zero derivative. One gather of the eight corner rows fetches all C channels at once, which is why
 C channels cost little more than one.
+
+Interpolation is evaluated separably (lerp along k, then j, then i) rather than as a weighted sum
+of the eight corners: on the CPU the separable form measured about 3x faster (fewer multiplies and
+no small-matrix contraction).
 """
 
 from __future__ import annotations
@@ -32,49 +36,62 @@ def cell_and_fraction(positions, padded_shape):
     return base, frac, inside
 
 
-def _corner_weights(frac):
-    """[R, 8] trilinear weights in corner order 000..111."""
+def gather_corners(flat, base, offsets):
+    """[R, 2, 2, 2, C] corner values, axes (di, dj, dk); indices are in bounds by construction."""
+    corners = flat.at[base[:, None] + offsets[None, :]].get(mode="promise_in_bounds")
+    return corners.reshape(base.shape[0], 2, 2, 2, flat.shape[-1])
+
+
+def _lerp(a, b, t):
+    return a + (b - a) * t
+
+
+def interpolate(corners, frac):
+    """Trilinear value [R, ...] from corners [R, 2, 2, 2, ...] and fractions [R, 3]."""
+    extra = (None,) * (corners.ndim - 4)
+    fx, fy, fz = (frac[(slice(None), i) + extra] for i in range(3))
+    z = _lerp(corners[:, :, :, 0], corners[:, :, :, 1], fz[:, None, None])
+    y = _lerp(z[:, :, 0], z[:, :, 1], fy[:, None])
+    return _lerp(y[:, 0], y[:, 1], fx)
+
+
+def interpolate_gradient(corners, frac):
+    """d(trilinear)/d(position) [R, 3] of scalar corners [R, 2, 2, 2]."""
+    fx, fy, fz = frac[:, 0], frac[:, 1], frac[:, 2]
+    z = _lerp(corners[:, :, :, 0], corners[:, :, :, 1], fz[:, None, None])   # [R, 2, 2]
+    dz = corners[:, :, :, 1] - corners[:, :, :, 0]                           # [R, 2, 2]
+    y = _lerp(z[:, :, 0], z[:, :, 1], fy[:, None])                           # [R, 2]
+    dy = z[:, :, 1] - z[:, :, 0]                                             # [R, 2]
+    dz_y = _lerp(dz[:, :, 0], dz[:, :, 1], fy[:, None])                      # [R, 2]
+    return jnp.stack([y[:, 1] - y[:, 0], _lerp(dy[:, 0], dy[:, 1], fx),
+                      _lerp(dz_y[:, 0], dz_y[:, 1], fx)], axis=-1)
+
+
+def corner_weights(frac):
+    """[R, 8] trilinear weights in corner order 000..111 (for scattering into the volume)."""
     fx, fy, fz = frac[:, 0], frac[:, 1], frac[:, 2]
     gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
     return jnp.stack([gx * gy * gz, gx * gy * fz, gx * fy * gz, gx * fy * fz,
                       fx * gy * gz, fx * gy * fz, fx * fy * gz, fx * fy * fz], axis=-1)
 
 
-def _corner_weight_gradients(frac):
-    """[R, 8, 3] derivatives of the corner weights w.r.t. the position."""
-    fx, fy, fz = frac[:, 0], frac[:, 1], frac[:, 2]
-    gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
-    dx = jnp.stack([-gy * gz, -gy * fz, -fy * gz, -fy * fz, gy * gz, gy * fz, fy * gz, fy * fz], -1)
-    dy = jnp.stack([-gx * gz, -gx * fz, gx * gz, gx * fz, -fx * gz, -fx * fz, fx * gz, fx * fz], -1)
-    dz = jnp.stack([-gx * gy, gx * gy, -gx * fy, gx * fy, -fx * gy, fx * gy, -fx * fy, fx * fy], -1)
-    return jnp.stack([dx, dy, dz], axis=-1)
-
-
-def gather_corners(flat, base, offsets):
-    """[R, 8, C] corner values (indices are in bounds by construction)."""
-    return flat.at[base[:, None] + offsets[None, :]].get(mode="promise_in_bounds")
-
-
 def sample(flat, padded_shape, positions):
     """Trilinear samples [R, C] at positions [R, 3]."""
     base, frac, inside = cell_and_fraction(positions, padded_shape)
     corners = gather_corners(flat, base, corner_offsets(padded_shape))
-    w = _corner_weights(frac) * inside[:, None].astype(frac.dtype)
-    return jnp.einsum("rk,rkc->rc", w, corners)
+    return interpolate(corners, frac) * inside[:, None].astype(frac.dtype)
 
 
-def sample_with_position_gradient(flat, padded_shape, positions):
-    """Samples [R, C], their position gradients [R, C, 3], and the corner data for scattering.
+def sample_cotangent_gradient(flat, padded_shape, positions, cotangent):
+    """Position gradient [R, 3] of ``sum_c cotangent[r, c] * sample[r, c]``, and scatter data.
+
+    Contracting the corners with the cotangent first turns C interpolation gradients into one.
 
     Returns:
-      (values, d_values_d_position, base [R], weights [R, 8]) where weights are zero outside the
-      support.
+      (gradient [R, 3], base [R], frac [R, 3], inside [R]).
     """
     base, frac, inside = cell_and_fraction(positions, padded_shape)
     corners = gather_corners(flat, base, corner_offsets(padded_shape))
-    mask = inside[:, None].astype(frac.dtype)
-    w = _corner_weights(frac) * mask
-    dw = _corner_weight_gradients(frac) * mask[:, :, None]
-    values = jnp.einsum("rk,rkc->rc", w, corners)
-    grads = jnp.einsum("rkd,rkc->rcd", dw, corners)
-    return values, grads, base, w
+    weighted = jnp.einsum("rijkc,rc->rijk", corners, cotangent)
+    grad = interpolate_gradient(weighted, frac) * inside[:, None].astype(frac.dtype)
+    return grad, base, frac, inside

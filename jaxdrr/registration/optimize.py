@@ -72,7 +72,8 @@ class RegistrationConfig:
       final_lr_fraction: the learning rate at the end of a level relative to its start.
       level_lr_scale: the learning rate at a level of factor f is ``learning_rate *
         f ** level_lr_scale`` (larger steps where pixels are larger).
-      levels: ``((factor, iterations), ...)`` coarse to fine; factors are integers >= 1.
+      levels: ``((factor, iterations), ...)`` coarse to fine; factors are integers >= 1. An entry may
+        name its own optimizer as a third item, e.g. ``(1, 15, "lbfgs")`` (default ``optimizer``).
       n_starts: poses optimised together at the first level (the best one is kept).
       start_rotation_deg, start_translation_mm: spread of the extra starts around the initial pose.
       parameterization: ``"so3"``, ``"6d"`` or ``"quaternion"``.
@@ -105,9 +106,14 @@ class RegistrationConfig:
             raise JaxdrrError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise JaxdrrError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        levels = tuple((int(f), int(n)) for f, n in self.levels)
-        if not levels or any(f < 1 or n < 0 for f, n in levels):
+        try:
+            levels = tuple((int(lv[0]), int(lv[1])) + tuple(str(o) for o in lv[2:3]) for lv in self.levels)
+        except (TypeError, ValueError, IndexError) as e:
+            raise JaxdrrError(f"levels must be ((factor, iterations[, optimizer]), ...), got {self.levels}") from e
+        if not levels or any(lv[0] < 1 or lv[1] < 0 for lv in levels):
             raise JaxdrrError(f"levels must be non-empty (factor >= 1, iterations >= 0), got {self.levels}")
+        if any(lv[2] not in OPTIMIZERS for lv in levels if len(lv) > 2):
+            raise JaxdrrError(f"level optimizers must be one of {OPTIMIZERS}, got {self.levels}")
         object.__setattr__(self, "levels", levels)
         object.__setattr__(self, "metric_kwargs", tuple(tuple(kv) for kv in self.metric_kwargs))
         if self.n_starts < 1:
@@ -193,8 +199,8 @@ def make_loss_fn(render_config: RenderConfig, metric: str, metric_kwargs=(), fac
     return loss_fn
 
 
-def _make_optimizer(config: RegistrationConfig, factor: int, iterations: int):
-    if config.optimizer == "lbfgs":
+def _make_optimizer(config: RegistrationConfig, factor: int, iterations: int, optimizer: str):
+    if optimizer == "lbfgs":
         return optax.lbfgs(memory_size=10, linesearch=optax.scale_by_zoom_linesearch(
             max_linesearch_steps=12, initial_guess_strategy="one"))
     lr = config.learning_rate * factor ** config.level_lr_scale
@@ -210,13 +216,13 @@ def _make_optimizer(config: RegistrationConfig, factor: int, iterations: int):
 
 @functools.lru_cache(maxsize=64)
 def _compiled_step(render_config: RenderConfig, config: RegistrationConfig, factor: int,
-                   iterations: int, batched: bool):
+                   iterations: int, batched: bool, optimizer: str):
     loss_fn = make_loss_fn(render_config, config.metric, config.metric_kwargs, factor)
-    opt = _make_optimizer(config, factor, iterations)
+    opt = _make_optimizer(config, factor, iterations, optimizer)
 
     def step(pose, state, volume, camera, target, mask, params):
         f = lambda p: loss_fn(p, volume, camera, target, mask, params)  # noqa: E731
-        if config.optimizer == "lbfgs":
+        if optimizer == "lbfgs":
             value, grad = optax.value_and_grad_from_state(f)(pose, state=state)
             updates, state = opt.update(grad, state, pose, value=value, grad=grad, value_fn=f)
         else:
@@ -314,9 +320,12 @@ def register(volume: Volume, target, camera: Camera, *, init: Pose | None = None
     best_start = 0
     n_iter = 0
     best_loss = np.inf
-    for li, (factor, iterations) in enumerate(config.levels):
+    for li, level in enumerate(config.levels):
+        factor, iterations = level[:2]
+        optimizer = level[2] if len(level) > 2 else config.optimizer
         level_batched = batched and li == 0
-        step, init_fn, evaluate = _compiled_step(rc, config, factor, iterations, level_batched)
+        step, init_fn, evaluate = _compiled_step(rc, config, factor, iterations, level_batched,
+                                                 optimizer)
         tgt = downsample_image(target, factor)
         msk = downsample_image(mask, factor)
         state = init_fn(pose)
