@@ -16,7 +16,7 @@ from jaxdrr.materials import MaterialConfig
 from jaxdrr.noise import NoiseConfig
 from jaxdrr.ops import project
 from jaxdrr.parallel import use_cpu_cores
-from jaxdrr.phantom import phantom
+from jaxdrr.phantoms import phantom
 from jaxdrr.render import (
     RenderConfig,
     default_params,

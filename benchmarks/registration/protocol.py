@@ -45,6 +45,8 @@ class Problem:
     target: np.ndarray
     height: int
     width: int
+    rot_axis: np.ndarray  # perturbation axis (camera frame)
+    trans_dir: np.ndarray  # perturbation translation direction (camera frame)
 
 
 def geometry(size: int) -> jaxdrr.geometry.CArmGeometry:
@@ -83,7 +85,8 @@ def make_problems(volume, n: int, size: int = 128, seed: int = 0, max_rot_deg: f
         P_init = np.asarray(reg.pose_to_projection(pert, cam), np.float64)
         P_true = np.asarray(cam.P, np.float64)
         target = np.asarray(render(params, volume, P_true, jax.random.key(10_000 + i)))
-        problems.append(Problem(i, lao, cran, rot, trans, P_true, P_init, target, size, size))
+        problems.append(Problem(i, lao, cran, rot, trans, P_true, P_init, target, size, size,
+                                axis, direction))
     return problems
 
 

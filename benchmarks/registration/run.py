@@ -38,20 +38,23 @@ def summarize(rows, key_time="time_s") -> dict:
             "median_mtre_mm": float(np.median(m)) if len(m) else float("nan"),
             "mean_mtre_mm": float(np.mean(m)) if len(m) else float("nan"),
             "p90_mtre_mm": float(np.percentile(m, 90)) if len(m) else float("nan"),
-            "median_time_s": float(np.median(t)) if len(t) else float("nan")}
+            "median_time_s": float(np.median(t)) if len(t) else float("nan"),
+            "median_cpu_s": float(np.median([r["cpu_s"] for r in rows])) if rows else float("nan"),
+            "mean_load_avg": float(np.mean([r["load_avg_1min"] for r in rows])) if rows else float("nan")}
 
 
 def markdown(rows, title: str) -> str:
     lines = [f"### {title}", "",
-             "| subset | n | success (mTRE < 1 mm) | median mTRE (mm) | 90th pct mTRE (mm) | median time (s) |",
-             "|---|---|---|---|---|---|"]
+             "| subset | n | success (mTRE < 1 mm) | median mTRE (mm) | 90th pct mTRE (mm) | median wall (s) | median CPU (s) |",
+             "|---|---|---|---|---|---|---|"]
     groups = {"all": rows}
     for r in rows:
         groups.setdefault(r["bin"], []).append(r)
     for name in ["all"] + sorted(k for k in groups if k != "all"):
         s = summarize(groups[name])
         lines.append(f"| {name} | {s['n']} | {100 * s['success_rate']:.0f} % | "
-                     f"{s['median_mtre_mm']:.3f} | {s['p90_mtre_mm']:.3f} | {s['median_time_s']:.2f} |")
+                     f"{s['median_mtre_mm']:.3f} | {s['p90_mtre_mm']:.3f} | {s['median_time_s']:.2f} | "
+                     f"{s['median_cpu_s']:.2f} |")
     return "\n".join(lines)
 
 
@@ -64,9 +67,9 @@ def main(argv=None):
     ap.add_argument("--metric", default="gncc")
     ap.add_argument("--optimizer", default="adam")
     ap.add_argument("--lr", type=float, default=1.0)
-    ap.add_argument("--levels", default="4:80,2:50,1:30", help="factor:iterations,...")
-    ap.add_argument("--starts", type=int, default=1)
-    ap.add_argument("--patience", type=int, default=15)
+    ap.add_argument("--levels", default="4:60,2:15:lbfgs,1:25:lbfgs", help="factor:iterations,...")
+    ap.add_argument("--starts", type=int, default=4)
+    ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--out", default=None, help="JSON file for per-case results")
     args = ap.parse_args(argv)
 
@@ -84,15 +87,16 @@ def main(argv=None):
 
     def solve(p):
         cam = reg.Camera.from_projection(p.P_init, p.height, p.width, center=center)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = reg.register(volume, p.target, cam, config=config, render_config=model)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         err = reg.registration_errors(res.P, p.P_true, points, center)
         err0 = reg.registration_errors(p.P_init, p.P_true, points, center)
         return {"index": p.index, "lao": p.lao, "cran": p.cran, "init_rot_deg": p.rot_deg,
                 "init_trans_mm": p.trans_mm, "bin": protocol.bin_name(p),
                 "init_mtre_mm": err0["mtre_mm"], **err, "loss": res.loss,
-                "iterations": res.n_iterations, "time_s": elapsed}
+                "iterations": res.n_iterations, "time_s": elapsed, "cpu_s": cpu,
+                "load_avg_1min": os.getloadavg()[0]}
 
     warm = solve(problems[-1])
     print(f"warm-up (includes JIT compilation): {warm['time_s']:.1f} s", flush=True)
@@ -103,10 +107,14 @@ def main(argv=None):
         print(f"[{p.index:3d}] lao {p.lao:6.1f} cran {p.cran:6.1f} init rot {p.rot_deg:4.1f} deg "
               f"trans {p.trans_mm:4.1f} mm mTRE {row['init_mtre_mm']:6.2f} -> {row['mtre_mm']:6.3f} mm "
               f"(rot {row['rotation_deg']:.3f} deg, depth {row['translation_depth_mm']:.2f} mm, "
-              f"mPD {row['mpd_px']:.3f} px) {row['iterations']} it {row['time_s']:.2f} s", flush=True)
+              f"mPD {row['mpd_px']:.3f} px) {row['iterations']} it {row['time_s']:.2f} s "
+              f"(load {row['load_avg_1min']:.1f})", flush=True)
     summary = summarize(rows)
     text = markdown(rows, f"jaxdrr ({args.metric}, {args.optimizer}, levels {args.levels}, "
                           f"{args.starts} start(s))")
+    lines = [text, "", f"mean 1-min load average during the run: {summary['mean_load_avg']:.2f} on "
+             f"{os.cpu_count()} CPUs; warm-up (JIT compile) {warm['time_s']:.1f} s"]
+    text = "\n".join(lines)
     print()
     print(text)
     if args.out:

@@ -46,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--metric", default="gncc", choices=("ncc", "gncc", "patch_ncc", "mncc", "mse"))
     p.add_argument("--optimizer", default="adam", choices=("adam", "lbfgs"))
     p.add_argument("--lr", type=float, default=1.0, help="Adam step size (mm-equivalent units)")
-    p.add_argument("--levels", default="4:80,2:50,1:30",
+    p.add_argument("--levels", default="4:60,2:15:lbfgs,1:25:lbfgs",
                    help="coarse-to-fine detector factors and iterations, factor:iterations[:optimizer],...")
     p.add_argument("--starts", type=int, default=1, help="starts optimised together at the first level")
     p.add_argument("--parameterization", default="so3", choices=("so3", "6d", "quaternion"))

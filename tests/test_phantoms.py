@@ -1,11 +1,11 @@
-"""Tests of jaxdrr.phantom: the painted pelvis phantom, its voxelisation and exact line integrals."""
+"""Tests of jaxdrr.phantoms: the painted pelvis phantom, its voxelisation and exact line integrals."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from jaxdrr import phantom as ph
+from jaxdrr import phantoms as ph
 
 
 
