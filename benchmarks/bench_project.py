@@ -229,7 +229,6 @@ def run(args) -> dict:
             print(f"# [{rnd + 1}/{args.rounds}] {name} (load {common.load_average()}) ...",
                   flush=True)
             r = common.run_worker(script, {**base, **spec})
-            r["loadavg_before"] = common.load_average()
             results.setdefault(name, []).append(r)
             if "error" in r:
                 print(f"   ERROR: {r['error']}\n   " + "\n   ".join(r.get("stderr_tail", [])))

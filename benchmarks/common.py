@@ -142,6 +142,7 @@ def run_worker(script: str, spec: dict, python: str | None = None, timeout: floa
                env: dict | None = None) -> dict:
     """Runs ``python script --worker JSON`` in a fresh process and returns its emitted result."""
     cmd = [python or sys.executable, script, "--worker", json.dumps(spec)]
+    load_before = load_average()
     e = dict(os.environ)
     if env:
         e.update(env)
@@ -155,6 +156,7 @@ def run_worker(script: str, spec: dict, python: str | None = None, timeout: floa
         if line.startswith(MARK):
             r = json.loads(line[len(MARK):])
             r["wall_s"] = round(wall, 1)
+            r["loadavg_before"] = load_before
             r["loadavg_after"] = load_average()
             return r
     tail = (p.stderr or "").strip().splitlines()[-15:]

@@ -490,7 +490,6 @@ def main(argv=None):
                       f"(load {common.load_average()}) ...", flush=True)
                 r = common.run_worker(script, {**base, **c, "job": "measure", "dataset": "ct",
                                                "mode": mode, "repeats": args.repeats})
-                r["loadavg_before"] = common.load_average()
                 runs.setdefault((mode, c["label"]), []).append(r)
                 if "error" in r:
                     print(f"   ERROR {r['error']}\n   " + "\n   ".join(r.get("stderr_tail", [])))
@@ -557,7 +556,7 @@ def main(argv=None):
           f"(units check, 1 = same units). Reference vs reference: rel RMS "
           f"{100 * ref['ct_tri_vs_near_rel_rms']:.2f}% on the CT.", "",
           common.md_table(["renderer", "fwd s", "fwd+bwd s", "fwd peak MB", "fwd+bwd peak MB",
-                           "fwd+bwd exec MB", "fwd+bwd process peak RSS MB", f"fwd / {jl}", f"fwd+bwd / {jl}",
+                           "fwd+bwd exec MB", "fwd+bwd process peak RSS MB", f"jaxdrr speed-up fwd ({jl})", f"jaxdrr speed-up fwd+bwd",
                            "err rms % (tri)", "err max % (tri)", "err rms % (near)", "scale"],
                           rows), "",
           "Alignment check: small asymmetric volume (40x30x22, spacing 1.1/1.4/1.9 mm, offset "

@@ -63,7 +63,9 @@ def _add_render_parser(sub) -> None:
     phys.add_argument("--photons", type=float, default=5e5, help="photons emitted per pixel (N0)")
     phys.add_argument("--no-noise", action="store_true", help="render the expected (noise-free) image")
     phys.add_argument("--read-noise", type=float, default=3.0, help="readout noise std, photon equivalents")
-    phys.add_argument("--step", type=float, default=None, help="ray-march step in mm (default: half the finest voxel)")
+    phys.add_argument("--step", type=_step, default="planes",
+                      help="ray sampling: 'planes' (one sample per voxel plane, Joseph's method), 'half' "
+                           "(half the finest voxel spacing), or a step in mm")
     phys.add_argument("--seed", type=int, default=0, help="noise seed; view i uses fold_in(seed, i)")
     out = p.add_argument_group("output")
     out.add_argument("--out", default="xray.png", help="image file: .png (16-bit), .tif/.tiff (float32 or 16-bit), .npy")
@@ -75,6 +77,20 @@ def _add_render_parser(sub) -> None:
     out.add_argument("--overwrite", action="store_true",
                      help="with several views: re-render views whose output exists (default: resume)")
     out.add_argument("--backend", choices=("auto", "xla", "pallas", "pallas_interpret"), default="auto")
+
+
+def _step(text: str):
+    if text == "planes":
+        return "planes"
+    if text == "half":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--step must be 'planes', 'half' or a number of mm, got {text!r}")
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"--step must be positive, got {text}")
+    return value
 
 
 def _load_ct(args):

@@ -51,7 +51,10 @@ class RenderConfig:
     Attributes:
       height: detector rows.
       width: detector columns.
-      step_mm: ray-march step; None = half the smallest voxel spacing.
+      step_mm: ray sampling: ``"planes"`` (default: one sample per voxel-centre plane of each
+        ray's dominant axis, Joseph's method, about 2x faster than half-voxel steps; see
+        :func:`jaxdrr.ops.rays.clip_rays_to_planes`), a step in mm, or None for half the
+        smallest voxel spacing.
       materials: HU -> material-density model (:class:`jaxdrr.materials.MaterialConfig`).
       detector: ``"ei"`` energy-integrating (signal = deposited energy, the flat panels of C-arms)
         or ``"pc"`` photon-counting.
@@ -69,7 +72,7 @@ class RenderConfig:
 
     height: int = 512
     width: int = 512
-    step_mm: float | None = None
+    step_mm: float | str | None = "planes"
     materials: MaterialConfig = MaterialConfig()
     detector: str = "ei"
     output: str = "log"
@@ -86,7 +89,10 @@ class RenderConfig:
             raise JaxdrrError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if self.backend not in BACKENDS:
             raise JaxdrrError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.step_mm is not None and not (np.isfinite(self.step_mm) and self.step_mm > 0):
+        if isinstance(self.step_mm, str):
+            if self.step_mm != "planes":
+                raise JaxdrrError(f"step_mm must be a number of mm, None or 'planes', got {self.step_mm!r}")
+        elif self.step_mm is not None and not (np.isfinite(self.step_mm) and self.step_mm > 0):
             raise JaxdrrError(f"step_mm must be a positive number of mm, got {self.step_mm}")
         if not (np.isfinite(self.photons_per_pixel) and self.photons_per_pixel > 0):
             raise JaxdrrError(f"photons_per_pixel must be > 0, got {self.photons_per_pixel}")

@@ -14,7 +14,7 @@ anatomy, so the initial mTRE is the same), the mTRE points and the success thres
 What differs, in DiffDRR's favour: its target is its own noise-free DRR at the ground-truth pose
 (DiffDRR has no spectrum or noise model), so it registers a model-matched image.
 
-DiffDRR's loop follows its tutorials: ``Registration`` with Euler ZXY angles, gradient NCC
+DiffDRR's loop follows its tutorials: ``Registration`` (inlined, same code) with Euler ZXY angles, gradient NCC
 (``GradientNormalizedCrossCorrelation2d``, as jaxdrr's default metric), Adam with separate learning
 rates for rotation (rad) and translation (mm), full-resolution rendering every iteration, at most
 ``--iters`` iterations, stopping after ``--patience`` iterations without improvement.
@@ -51,11 +51,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         import torch
+        _shim_torchvision_blur()
         from diffdrr.data import read
         from diffdrr.drr import DRR
         from diffdrr.metrics import GradientNormalizedCrossCorrelation2d
         from diffdrr.pose import RigidTransform, convert, make_matrix
-        from diffdrr.registration import Registration
     except ImportError as e:
         print(f"diffdrr is not importable ({e}); DiffDRR comparison skipped. Install it in a "
               "separate venv: pip install torch==2.13.0 diffdrr && pip install -e .")
@@ -108,8 +108,7 @@ def main(argv=None):
                                        torch.as_tensor(tm, dtype=torch.float32)[None]))
         init = _compose_init(gt, M)
         r0, t0 = init.convert("euler_angles", "ZXY")
-        model = Registration(drr, r0.clone(), t0.clone(), parameterization="euler_angles",
-                             convention="ZXY")
+        model = _Registration(drr, r0.clone(), t0.clone())
         opt = torch.optim.Adam([{"params": [model._rotation], "lr": args.lr_rot},
                                 {"params": [model._translation], "lr": args.lr_trans}],
                                maximize=True)
@@ -149,6 +148,62 @@ def main(argv=None):
         Path(args.out).write_text(json.dumps({"args": vars(args), "summary": summary, "cases": rows,
                                               "markdown": text}, indent=1))
     return summary
+
+
+def _shim_torchvision_blur():
+    """diffdrr.metrics imports ``torchvision.transforms.functional.gaussian_blur``; the torchvision
+    wheel that pip pairs with the CPU torch 2.13 build fails to load its C ops here. When
+    torchvision cannot be imported, provide that one function (same maths: separable Gaussian,
+    reflect padding) so DiffDRR's own metric code runs unchanged."""
+    import sys
+    import types
+
+    import torch
+    try:
+        import torchvision.transforms.functional  # noqa: F401
+        return
+    except Exception:
+        for name in [m for m in sys.modules if m.startswith("torchvision")]:
+            del sys.modules[name]
+
+    def gaussian_blur(img, kernel_size, sigma):
+        k = int(kernel_size)
+        x = torch.arange(k, dtype=img.dtype, device=img.device) - (k - 1) / 2
+        g = torch.exp(-0.5 * (x / float(sigma)) ** 2)
+        g = g / g.sum()
+        c = img.shape[-3]
+        pad = k // 2
+        out = torch.nn.functional.pad(img, (pad, pad, pad, pad), mode="reflect")
+        out = torch.nn.functional.conv2d(out, g.view(1, 1, 1, k).repeat(c, 1, 1, 1), groups=c)
+        return torch.nn.functional.conv2d(out, g.view(1, 1, k, 1).repeat(c, 1, 1, 1), groups=c)
+
+    tv = types.ModuleType("torchvision")
+    tr = types.ModuleType("torchvision.transforms")
+    fn = types.ModuleType("torchvision.transforms.functional")
+    fn.gaussian_blur = gaussian_blur
+    tv.transforms, tr.functional = tr, fn
+    sys.modules.update({"torchvision": tv, "torchvision.transforms": tr,
+                        "torchvision.transforms.functional": fn})
+
+
+def _Registration(drr, rotation, translation):
+    """diffdrr.registration.Registration (Euler ZXY), inlined: importing that module pulls in timm
+    and torchvision, whose wheel here does not load with the CPU torch 2.13 build."""
+    import torch
+    from diffdrr.pose import convert
+
+    class Registration(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drr = drr
+            self._rotation = torch.nn.Parameter(rotation)
+            self._translation = torch.nn.Parameter(translation)
+
+        def forward(self):
+            return self.drr(convert(self._rotation, self._translation,
+                                    parameterization="euler_angles", convention="ZXY"))
+
+    return Registration()
 
 
 def _compose_init(gt, M):

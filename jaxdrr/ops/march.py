@@ -33,24 +33,30 @@ def _positions(entry, direction, step, k):
     return entry + s[:, None] * direction, s
 
 
-def _chunk_forward(flat, padded_shape, entry, direction, step, num_steps):
+def _chunk_forward(flat, padded_shape, planes, entry, direction, step, num_steps):
     num_rays, channels = entry.shape[0], flat.shape[1]
     total = jnp.max(num_steps, initial=0)
+    axis = trilinear.plane_axis(direction) if planes else None
 
     def body(state):
         k, acc = state
         pos, _ = _positions(entry, direction, step, k)
         active = (k < num_steps).astype(acc.dtype)[:, None]
-        return k + 1, acc + active * trilinear.sample(flat, padded_shape, pos)
+        if planes:
+            value = trilinear.sample_planes(flat, padded_shape, pos, axis)
+        else:
+            value = trilinear.sample(flat, padded_shape, pos)
+        return k + 1, acc + active * value
 
     _, acc = jax.lax.while_loop(lambda s: s[0] < total, body,
                                 (jnp.int32(0), jnp.zeros((num_rays, channels), flat.dtype)))
     return acc * step[:, None]
 
 
-def _chunk_backward(flat, padded_shape, entry, direction, step, num_steps, g, g_flat):
+def _chunk_backward(flat, padded_shape, planes, entry, direction, step, num_steps, g, g_flat):
     """Re-marches one chunk of rays; returns (g_entry, g_direction, g_flat or None)."""
     want_volume = g_flat is not None
+    axis = trilinear.plane_axis(direction) if planes else None
     offsets = trilinear.corner_offsets(padded_shape)
     g_step = g * step[:, None]  # [R, C]
     total = jnp.max(num_steps, initial=0)
@@ -59,8 +65,12 @@ def _chunk_backward(flat, padded_shape, entry, direction, step, num_steps, g, g_
         k, g_entry, g_direction, g_flat = state
         pos, s = _positions(entry, direction, step, k)
         active = (k < num_steps).astype(g.dtype)
-        gpos, base, frac, inside = trilinear.sample_cotangent_gradient(
-            flat, padded_shape, pos, g_step * active[:, None])
+        if planes:
+            gpos, base, frac, inside = trilinear.sample_planes_cotangent_gradient(
+                flat, padded_shape, pos, axis, g_step * active[:, None])
+        else:
+            gpos, base, frac, inside = trilinear.sample_cotangent_gradient(
+                flat, padded_shape, pos, g_step * active[:, None])
         g_entry = g_entry + gpos
         g_direction = g_direction + s[:, None] * gpos
         if want_volume:
@@ -111,32 +121,32 @@ def _over_shards(fn, mesh, replicated, sharded):
                          check_vma=False)(*replicated, *sharded)
 
 
-def _forward(flat, padded_shape, chunk, entry, direction, step, num_steps):
+def _forward(flat, padded_shape, chunk, planes, entry, direction, step, num_steps):
     mesh = _cpu_mesh()
     shards = 1 if mesh is None else mesh.size
     chunks = [_to_chunks(a, chunk, shards) for a in (entry, direction, step, num_steps)]
 
     def local(flat, *chunks):
-        return jax.lax.map(lambda c: _chunk_forward(flat, padded_shape, *c), chunks)
+        return jax.lax.map(lambda c: _chunk_forward(flat, padded_shape, planes, *c), chunks)
 
     out = _over_shards(local, mesh, (flat,), chunks)
     return _from_chunks(out, entry.shape[0], shards)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _march(flat, padded_shape, chunk, entry, direction, step, num_steps):
-    return _forward(flat, padded_shape, chunk, entry, direction, step, num_steps)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _march(flat, padded_shape, chunk, planes, entry, direction, step, num_steps):
+    return _forward(flat, padded_shape, chunk, planes, entry, direction, step, num_steps)
 
 
-def _march_fwd(flat, padded_shape, chunk, entry, direction, step, num_steps):
-    out = _forward(flat.value, padded_shape, chunk, entry.value, direction.value, step.value,
-                   num_steps.value)
+def _march_fwd(flat, padded_shape, chunk, planes, entry, direction, step, num_steps):
+    out = _forward(flat.value, padded_shape, chunk, planes, entry.value, direction.value,
+                   step.value, num_steps.value)
     # The residual's tree structure records (statically) whether the volume needs a gradient.
     wants = {"volume": ()} if flat.perturbed else {}
     return out, (flat.value, entry.value, direction.value, step.value, num_steps.value, out, wants)
 
 
-def _march_bwd(padded_shape, chunk, residuals, g):
+def _march_bwd(padded_shape, chunk, planes, residuals, g):
     flat, entry, direction, step, num_steps, out, wants = residuals
     want_volume = "volume" in wants
     mesh = _cpu_mesh()
@@ -145,7 +155,7 @@ def _march_bwd(padded_shape, chunk, residuals, g):
 
     def local(flat, *chunks):
         def scan_body(g_flat, c):
-            g_e, g_d, g_flat = _chunk_backward(flat, padded_shape, *c, g_flat)
+            g_e, g_d, g_flat = _chunk_backward(flat, padded_shape, planes, *c, g_flat)
             return g_flat, (g_e, g_d)
 
         g_flat, (g_e, g_d) = jax.lax.scan(
@@ -166,19 +176,23 @@ def _march_bwd(padded_shape, chunk, residuals, g):
 _march.defvjp(_march_fwd, _march_bwd, symbolic_zeros=True)
 
 
-DEFAULT_CHUNK = 4096
+DEFAULT_CHUNK = 16384
 
 
-def march(flat, padded_shape, rays: Rays, chunk: int = DEFAULT_CHUNK) -> jax.Array:
+def march(flat, padded_shape, rays: Rays, chunk: int = DEFAULT_CHUNK, planes: bool = False
+          ) -> jax.Array:
     """Line integrals [R, C] (channel units x mm) of a padded flat volume [N, C] along rays.
 
     Rays are processed ``chunk`` at a time (in order, so neighbouring pixels share a chunk): each
     chunk's loop stops at its own longest ray, and temporaries stay O(chunk). With several CPU
     devices (:func:`jaxdrr.use_cpu_cores`) the chunks are spread over them with ``shard_map``.
+
+    ``planes``: the rays come from :func:`jaxdrr.ops.rays.clip_rays_to_planes` (samples on
+    voxel-centre planes, 4 voxels read per sample).
     """
     chunk = max(1, min(int(chunk), rays.entry.shape[0]))
-    return _march(flat, tuple(padded_shape), chunk, rays.entry, rays.direction, rays.step,
-                  rays.num_steps)
+    return _march(flat, tuple(padded_shape), chunk, bool(planes), rays.entry, rays.direction,
+                  rays.step, rays.num_steps)
 
 
 def pad_channels_last(volume) -> jax.Array:

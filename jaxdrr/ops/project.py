@@ -18,7 +18,7 @@ import numpy as np
 from jaxdrr.errors import GeometryError, VolumeError
 from jaxdrr.geometry.projection import check_detector, check_projection_matrix, is_concrete
 from jaxdrr.ops import march as _march
-from jaxdrr.ops.rays import VolumeGrid, detector_rays, resolve_step
+from jaxdrr.ops.rays import PLANES, VolumeGrid, detector_rays, resolve_step
 
 BACKENDS = ("auto", "xla", "pallas", "pallas_interpret")
 
@@ -53,7 +53,10 @@ def project(volume, affine, P, height: int, width: int, *, step_mm=None, backend
         may be traced. Points in front of the source have (P X)_3 > 0.
       height: detector rows.
       width: detector columns.
-      step_mm: march step in mm; default half the smallest voxel spacing.
+      step_mm: march step in mm; default half the smallest voxel spacing. ``"planes"``: one
+        sample where each ray crosses a voxel-centre plane of its dominant axis (Joseph's method:
+        about half the samples, each reading 4 voxels instead of 8; see
+        :func:`jaxdrr.ops.rays.clip_rays_to_planes`).
       backend: ``"auto"``, ``"xla"``, ``"pallas"`` or ``"pallas_interpret"``.
 
     Returns:
@@ -81,7 +84,7 @@ def project(volume, affine, P, height: int, width: int, *, step_mm=None, backend
     if backend == "xla":
         rays = detector_rays(P, grid, height, width, step)
         flat = _march.pad_channels_last(volume)
-        out = _march.march(flat, grid.padded_shape, rays)
+        out = _march.march(flat, grid.padded_shape, rays, planes=(step == PLANES))
     else:
         from jaxdrr.ops import pallas_project  # imported lazily: needs jax.experimental.pallas
 

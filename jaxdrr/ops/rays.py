@@ -103,10 +103,18 @@ class Rays(NamedTuple):
     num_steps: jax.Array
 
 
-def resolve_step(grid: VolumeGrid, step_mm) -> float:
-    """The march step in mm: ``step_mm`` validated, or the default fraction of the finest spacing."""
+PLANES = "planes"
+
+
+def resolve_step(grid: VolumeGrid, step_mm) -> float | str:
+    """The march step in mm: ``step_mm`` validated, the default fraction of the finest spacing,
+    or ``"planes"`` (one sample per voxel plane, see :func:`clip_rays_to_planes`)."""
     if step_mm is None:
         return grid.default_step()
+    if isinstance(step_mm, str):
+        if step_mm != PLANES:
+            raise GeometryError(f"step_mm must be a number of mm or {PLANES!r}, got {step_mm!r}")
+        return PLANES
     try:
         step = float(step_mm)
     except (TypeError, jax.errors.ConcretizationTypeError) as e:
@@ -144,10 +152,53 @@ def clip_rays(source_index, direction_index, grid: VolumeGrid, step_mm: float) -
     return Rays(entry, direction_index, t_near, step, num_steps)
 
 
-def detector_rays(P, grid: VolumeGrid, height: int, width: int, step_mm: float) -> Rays:
+def clip_rays_to_planes(source_index, direction_index, grid: VolumeGrid) -> Rays:
+    """Rays sampled where they cross the voxel-centre planes of their dominant axis (Joseph's method).
+
+    For each ray the axis a with the largest |direction| is chosen; samples sit on the planes
+    x_a = 1 .. n_a (padded coordinates, i.e. the voxel-centre planes) inside the chord, one
+    per plane, with step 1 / |d_a| mm (at most sqrt(3) voxels). On a plane the trilinear field is
+    bilinear, so a sample needs 4 voxels instead of 8, and there are about twice fewer samples than
+    at half-voxel steps. The quadrature is the rectangle rule on the trilinear field, whose ends
+    fade to zero, so a uniform volume still integrates to its exact thickness.
+
+    Returns:
+      :class:`Rays` with ``entry`` half a step before the first plane, so sample k is on plane
+      m0 + k * sign(d_a). Entry and step are differentiable; their plane-locking makes the
+      axial derivative of the field drop out of pose gradients exactly.
+    """
+    rays = clip_rays(source_index, direction_index, grid, step_mm=1.0)
+    d = direction_index
+    o = jnp.broadcast_to(source_index, d.shape)
+    axis_hot = jax.nn.one_hot(jnp.argmax(jnp.abs(jax.lax.stop_gradient(d)), axis=-1), 3, dtype=d.dtype)
+    d_a = jnp.sum(d * axis_hot, axis=-1)
+    o_a = jnp.sum(o * axis_hot, axis=-1)
+    n_a = axis_hot @ jnp.asarray(grid.shape, dtype=d.dtype)
+    fixed = jax.lax.stop_gradient
+    t_near = fixed(rays.distance)
+    chord = fixed(rays.step * rays.num_steps)
+    x_near = fixed(o_a + t_near * d_a)
+    x_far = fixed(o_a + (t_near + chord) * d_a)
+    lo = jnp.maximum(jnp.ceil(jnp.minimum(x_near, x_far)), 1.0)
+    hi = jnp.minimum(jnp.floor(jnp.maximum(x_near, x_far)), n_a)
+    hits = (rays.num_steps > 0) & (hi >= lo)
+    count = jnp.where(hits, hi - lo + 1.0, 0.0).astype(jnp.int32)
+    first = jnp.where(d_a > 0, lo, hi)
+    safe_d_a = jnp.where(hits, d_a, 1.0)
+    t_first = (first - o_a) / safe_d_a
+    step = jnp.where(hits, 1.0 / jnp.abs(safe_d_a), 1.0)
+    entry = o + (t_first - 0.5 * step)[:, None] * d
+    return Rays(entry, d, fixed(t_first), step, count)
+
+
+def detector_rays(P, grid: VolumeGrid, height: int, width: int, step_mm) -> Rays:
     """Rays of all pixel centres of a ``height`` x ``width`` detector, row-major, clipped to the grid.
 
-    Differentiable w.r.t. P through ``entry`` and ``direction``.
+    Args:
+      step_mm: the largest step in mm (uniform sampling), or ``"planes"`` for one sample per
+        voxel-centre plane of each ray's dominant axis (:func:`clip_rays_to_planes`).
+
+    Differentiable w.r.t. P through ``entry``, ``direction`` and ``step``.
     """
     P = jnp.asarray(P)
     dtype = P.dtype if jnp.issubdtype(P.dtype, jnp.floating) else jnp.result_type(float)
@@ -157,4 +208,6 @@ def detector_rays(P, grid: VolumeGrid, height: int, width: int, step_mm: float) 
     directions = ray_directions(P, pixel_grid(height, width, dtype)).reshape(-1, 3)
     source_index = to_index[:3, :3] @ source + to_index[:3, 3]
     direction_index = directions @ to_index[:3, :3].T
+    if isinstance(step_mm, str):
+        return clip_rays_to_planes(source_index, direction_index, grid)
     return clip_rays(source_index, direction_index, grid, step_mm)

@@ -95,3 +95,67 @@ def sample_cotangent_gradient(flat, padded_shape, positions, cotangent):
     weighted = jnp.einsum("rijkc,rc->rijk", corners, cotangent)
     grad = interpolate_gradient(weighted, frac) * inside[:, None].astype(frac.dtype)
     return grad, base, frac, inside
+
+
+# ---- Samples on voxel-centre planes (Joseph's method, see rays.clip_rays_to_planes) ----------
+# The ray's dominant axis a is recomputed from its direction (the same rule as the ray set-up).
+# On the plane the axial fraction is 0: the field is bilinear in the two other axes, so only the
+# 4 voxels of the plane are read, and the axial derivative (which pose gradients never need: the
+# plane-locked samples do not move along a) is reported as 0.
+
+
+def plane_axis(direction):
+    """[R] int32 dominant axis of each ray."""
+    return jnp.argmax(jnp.abs(jax.lax.stop_gradient(direction)), axis=-1).astype(jnp.int32)
+
+
+def plane_cell_and_fraction(positions, padded_shape, axis):
+    """Like :func:`cell_and_fraction`, with the axial coordinate snapped to its plane."""
+    upper = jnp.asarray(padded_shape, dtype=positions.dtype) - 1.0
+    inside = jnp.all((positions > 0.0) & (positions < upper), axis=-1)
+    hot = jax.nn.one_hot(axis, 3, dtype=jnp.bool_)
+    p = jnp.clip(positions, 0.0, upper)
+    cell = jnp.where(hot, jnp.round(p), jnp.clip(jnp.floor(p), 0.0, upper - 1.0))
+    frac = jnp.where(hot, 0.0, p - cell)
+    cell = cell.astype(jnp.int32)
+    _, J2, K2 = padded_shape
+    base = (cell[:, 0] * J2 + cell[:, 1]) * K2 + cell[:, 2]
+    return base, frac, inside
+
+
+def _plane_corners(flat, padded_shape, base, frac, axis):
+    """[R, 2, 2, C] in-plane corners (axes b, c = the two non-dominant axes in order) and their
+    fractions [R], [R]."""
+    _, J2, K2 = padded_shape
+    # In-plane axes (b, c): (1, 2) for axis 0, (0, 2) for axis 1, (0, 1) for axis 2. Selected
+    # elementwise: indexing per ray would cost extra gathers in the hottest loop.
+    b = jnp.where(axis == 0, 1, 0)
+    c = jnp.where(axis == 2, 1, 2)
+    sb = jnp.where(axis == 0, K2, J2 * K2).astype(jnp.int32)
+    sc = jnp.where(axis == 2, K2, 1).astype(jnp.int32)
+    idx = base[:, None] + jnp.stack([jnp.zeros_like(sb), sc, sb, sb + sc], axis=-1)
+    corners = flat.at[idx].get(mode="promise_in_bounds").reshape(base.shape[0], 2, 2, flat.shape[-1])
+    fb = jnp.where(axis == 0, frac[:, 1], frac[:, 0])
+    fc = jnp.where(axis == 2, frac[:, 1], frac[:, 2])
+    return corners, fb, fc, b, c
+
+
+def sample_planes(flat, padded_shape, positions, axis):
+    """Bilinear samples [R, C] at positions lying on voxel-centre planes of ``axis`` [R]."""
+    base, frac, inside = plane_cell_and_fraction(positions, padded_shape, axis)
+    corners, fb, fc, _, _ = _plane_corners(flat, padded_shape, base, frac, axis)
+    z = _lerp(corners[:, :, 0], corners[:, :, 1], fc[:, None, None])
+    value = _lerp(z[:, 0], z[:, 1], fb[:, None])
+    return value * inside[:, None].astype(frac.dtype)
+
+
+def sample_planes_cotangent_gradient(flat, padded_shape, positions, axis, cotangent):
+    """:func:`sample_cotangent_gradient` for plane samples (axial component 0)."""
+    base, frac, inside = plane_cell_and_fraction(positions, padded_shape, axis)
+    corners, fb, fc, b, c = _plane_corners(flat, padded_shape, base, frac, axis)
+    w = jnp.einsum("rijc,rc->rij", corners, cotangent)
+    d_c = _lerp(w[:, 0, 1] - w[:, 0, 0], w[:, 1, 1] - w[:, 1, 0], fb)
+    d_b = _lerp(w[:, 1, 0] - w[:, 0, 0], w[:, 1, 1] - w[:, 0, 1], fc)
+    grad = (jax.nn.one_hot(b, 3, dtype=frac.dtype) * d_b[:, None]
+            + jax.nn.one_hot(c, 3, dtype=frac.dtype) * d_c[:, None])
+    return grad * inside[:, None].astype(frac.dtype), base, frac, inside
