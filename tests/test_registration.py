@@ -116,8 +116,7 @@ def test_carm_parameters_round_trip(lao, cran):
     np.testing.assert_allclose(c["isocenter"], iso, atol=1e-2)
     # With a roll: Rz(lao) Rx(cran) Ry(roll) is recovered.
     M = reg.pose.carm_rotation_with_roll(lao, cran, 7.0)
-    A = np.asarray(jaxdrr.geometry.carm._AP_CAMERA_AXES) if hasattr(jaxdrr.geometry.carm, "_AP_CAMERA_AXES") \
-        else np.asarray(reg.pose._AP_CAMERA_AXES)
+    A = np.asarray(reg.pose._AP_CAMERA_AXES)
     R2 = (np.asarray(M) @ A).T
     c2 = reg.carm_parameters(R2, -R2 @ np.zeros(3))
     assert (c2["lao"], c2["cran"], c2["roll"]) == pytest.approx((lao, cran, 7.0), abs=1e-3)
@@ -271,13 +270,13 @@ def test_register_recovers_known_pose(volume, true_camera, target):
     err0 = reg.registration_errors(P_init, P_true, pts, center)
     assert err0["mtre_mm"] > 8.0
     camera = reg.Camera.from_projection(P_init, SIZE, SIZE, center=center)
-    config = reg.RegistrationConfig(levels=((4, 60), (2, 40), (1, 40)), learning_rate=1.0)
+    config = reg.RegistrationConfig()  # Adam at 1/4, L-BFGS at 1/2 and full resolution
     res = reg.register(volume, target, camera, config=config,
                        render_config=jaxdrr.RenderConfig(SIZE, SIZE))
     err = reg.registration_errors(res.P, P_true, pts, center)
-    assert err["mtre_mm"] < 0.5, err
-    assert err["mpd_px"] < 0.1, err
-    assert err["rotation_deg"] < 0.1, err
+    assert err["mtre_mm"] < 0.25, err
+    assert err["mpd_px"] < 0.05, err
+    assert err["rotation_deg"] < 0.05, err
     assert len(res.history) == res.n_iterations == len(res.losses)
     assert {h["factor"] for h in res.history} == {4, 2, 1}
     assert res.losses[-1] < res.losses[0]

@@ -51,7 +51,8 @@ the C-arm angles (through `P`); the projector's custom VJP re-marches rays inste
     ("code", """clean = jaxdrr.make_renderer(config.replace(noise=None))
 target = render(params, volume, G.carm(32.0, 8.0, isocenter=volume.center, geometry=carm), jax.random.key(2))
 
-def loss(angles):
+# Pass the volume as an argument: a CT closed over inside jit becomes a compile-time constant.
+def loss(angles, volume):
     P = G.carm(angles[0], angles[1], isocenter=volume.center, geometry=carm)
     return jnp.mean((clean(params, volume, P, None) - target) ** 2)
 
@@ -59,7 +60,7 @@ value_and_grad = jax.jit(jax.value_and_grad(loss))
 angles = jnp.array([26.0, 14.0])
 history = []
 for step in range(25):
-    value, grad = value_and_grad(angles)
+    value, grad = value_and_grad(angles, volume)
     history.append(float(value))
     angles = angles - 3.0 * 0.87**step * grad / (jnp.linalg.norm(grad) + 1e-12)   # decaying step, degrees
 print("recovered (LAO, CRAN):", np.round(np.asarray(angles), 2), " target: (32, 8)")

@@ -20,6 +20,9 @@ Algorithm (:func:`register`):
 4. **Stopping.** A level ends after its iteration budget, or earlier when the best loss has not
    improved by more than ``tol`` for ``patience`` iterations. The best pose seen at each level is
    carried on.
+   Default (:class:`RegistrationConfig`): Adam for 60 iterations at 1/4 resolution, then L-BFGS
+   for 15 at 1/2 and 25 at full resolution (L-BFGS resolves the weakly observed depth far better
+   than a decaying Adam step).
 5. **History.** Every iteration's loss, pose parameters, level and start index are recorded in
    :class:`RegistrationResult`.
 """
@@ -29,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
