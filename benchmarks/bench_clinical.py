@@ -6,7 +6,7 @@ physics (3 materials, 1 keV IPEM spectrum, noise) at 1024 x 1024, then the pose 
 noise-free render. Reports wall time and the process's peak RSS (VmHWM), which includes the HU
 volume, its three density channels and their padded copy.
 
-    python benchmarks/bench_clinical.py [--step planes|half] [--cores 2]
+    python benchmarks/bench_clinical.py [--step planes|half]
 """
 
 import argparse
@@ -24,12 +24,10 @@ def peak_rss_gb() -> float:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--step", choices=("planes", "half"), default="planes")
-    ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--shape", type=int, nargs=3, default=(512, 512, 500))
     ap.add_argument("--detector", type=int, default=1024)
     args = ap.parse_args()
     import jaxdrr
-    jaxdrr.use_cpu_cores(args.cores)
     import jax
     import jax.numpy as jnp
 

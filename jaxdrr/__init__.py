@@ -15,7 +15,6 @@ from jaxdrr.io import format_volume_info, load_npz, load_volume, save_image, sav
 from jaxdrr.materials import MaterialConfig
 from jaxdrr.noise import NoiseConfig
 from jaxdrr.ops import project
-from jaxdrr.parallel import use_cpu_cores
 from jaxdrr.phantoms import phantom
 from jaxdrr.render import (
     RenderConfig,
@@ -36,5 +35,5 @@ __all__ = [
     "format_volume_info", "phantom", "project", "RenderConfig", "MaterialConfig", "NoiseConfig",
     "default_params", "default_spectrum", "make_renderer", "render", "line_integrals",
     "image_from_line_integrals", "material_densities", "geometry", "ops", "physics", "materials",
-    "spectral", "noise", "display", "use_cpu_cores", "JaxdrrError", "VolumeError", "GeometryError", "LoadError",
+    "spectral", "noise", "display", "JaxdrrError", "VolumeError", "GeometryError", "LoadError",
 ]

@@ -243,8 +243,6 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    from jaxdrr.parallel import use_cpu_cores
-    use_cpu_cores(warn=False)  # before any JAX computation: the projector then uses every core
     try:
         if args.command == "render":
             return run_render(args)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-xraydb = pytest.importorskip("xraydb")
+import xraydb  # noqa: E402  (test dependency: the independent reference)
 
 from jaxdrr.errors import JaxdrrError
 from jaxdrr.physics import attenuation, compositions

@@ -22,7 +22,6 @@ HVL_RTOL = 0.01
 
 @pytest.fixture(scope="module")
 def spekpy120():
-    pytest.importorskip("spekpy")
     return spekpy_spectrum(120, 4.3)
 
 

@@ -12,8 +12,8 @@ from jaxdrr import display, spectral
 from jaxdrr.errors import JaxdrrError
 from jaxdrr.physics import ipem78, mass_attenuation, spekpy_spectrum
 
-spekpy = pytest.importorskip("spekpy")
-xraydb = pytest.importorskip("xraydb")
+import spekpy  # noqa: E402  (test dependencies: the independent reference)
+import xraydb  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Independent reference: SpekPy + xraydb + NIST compositions typed in here, float64 NumPy.
@@ -178,8 +178,7 @@ def test_memory_bounded_for_1024_detector(jaxdrr_setup):
     shape = jax.ShapeDtypeStruct((1024, 1024, 3), jnp.float32)
     for fn in (loss, jax.grad(loss)):
         analysis = jax.jit(fn).lower(shape).compile().memory_analysis()
-        if analysis is None:
-            pytest.skip("backend gives no memory analysis")
+        assert analysis is not None, "the CPU backend reports memory analysis"
         assert analysis.temp_size_in_bytes < 250e6
 
 

@@ -21,8 +21,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, PartitionSpec
 
 from jaxdrr.ops import trilinear
 from jaxdrr.ops.rays import Rays
@@ -87,50 +85,21 @@ def _chunk_backward(flat, padded_shape, planes, entry, direction, step, num_step
     return g_entry, g_direction, (g_flat if want_volume else None)
 
 
-def _cpu_mesh():
-    """A 1-D mesh over the CPU devices when there are several (see :func:`jaxdrr.use_cpu_cores`)."""
-    devices = jax.devices()
-    if len(devices) < 2 or devices[0].platform != "cpu":
-        return None
-    return Mesh(np.array(devices), ("rays",))
-
-
-def _to_chunks(x, chunk, num_shards):
-    """[R, ...] -> [num_shards * m, chunk, ...]: zero-padded (zero steps = empty rays) and
-    interleaved so shard s holds chunks s, s + num_shards, ... (neighbouring chunks have similar
-    ray lengths, so the shards get similar work)."""
-    per = chunk * num_shards
-    pad = (-x.shape[0]) % per
+def _to_chunks(x, chunk):
+    """[R, ...] -> [R_pad / chunk, chunk, ...], zero-padded (zero steps = empty rays)."""
+    pad = (-x.shape[0]) % chunk
     x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-    x = x.reshape((-1, num_shards, chunk) + x.shape[1:])
-    return jnp.swapaxes(x, 0, 1).reshape((-1, chunk) + x.shape[3:])
+    return x.reshape((-1, chunk) + x.shape[1:])
 
 
-def _from_chunks(x, num_rays, num_shards):
-    x = x.reshape((num_shards, -1) + x.shape[1:])
-    x = jnp.swapaxes(x, 0, 1)
-    return x.reshape((-1,) + x.shape[3:])[:num_rays]
-
-
-def _over_shards(fn, mesh, replicated, sharded):
-    """Runs ``fn(*replicated, *sharded)`` with ``sharded`` split along axis 0 over the mesh."""
-    if mesh is None:
-        return fn(*replicated, *sharded)
-    specs = (PartitionSpec(),) * len(replicated) + (PartitionSpec("rays"),) * len(sharded)
-    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=PartitionSpec("rays"),
-                         check_vma=False)(*replicated, *sharded)
+def _from_chunks(x, num_rays):
+    return x.reshape((-1,) + x.shape[2:])[:num_rays]
 
 
 def _forward(flat, padded_shape, chunk, planes, entry, direction, step, num_steps):
-    mesh = _cpu_mesh()
-    shards = 1 if mesh is None else mesh.size
-    chunks = [_to_chunks(a, chunk, shards) for a in (entry, direction, step, num_steps)]
-
-    def local(flat, *chunks):
-        return jax.lax.map(lambda c: _chunk_forward(flat, padded_shape, planes, *c), chunks)
-
-    out = _over_shards(local, mesh, (flat,), chunks)
-    return _from_chunks(out, entry.shape[0], shards)
+    chunks = [_to_chunks(a, chunk) for a in (entry, direction, step, num_steps)]
+    out = jax.lax.map(lambda c: _chunk_forward(flat, padded_shape, planes, *c), chunks)
+    return _from_chunks(out, entry.shape[0])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -149,28 +118,21 @@ def _march_fwd(flat, padded_shape, chunk, planes, entry, direction, step, num_st
 def _march_bwd(padded_shape, chunk, planes, residuals, g):
     flat, entry, direction, step, num_steps, out, wants = residuals
     want_volume = "volume" in wants
-    mesh = _cpu_mesh()
-    shards = 1 if mesh is None else mesh.size
-    chunks = [_to_chunks(a, chunk, shards) for a in (entry, direction, step, num_steps, g)]
+    chunks = [_to_chunks(a, chunk) for a in (entry, direction, step, num_steps, g)]
 
-    def local(flat, *chunks):
-        def scan_body(g_flat, c):
-            g_e, g_d, g_flat = _chunk_backward(flat, padded_shape, planes, *c, g_flat)
-            return g_flat, (g_e, g_d)
+    def scan_body(g_flat, c):
+        g_e, g_d, g_flat = _chunk_backward(flat, padded_shape, planes, *c, g_flat)
+        return g_flat, (g_e, g_d)
 
-        g_flat, (g_e, g_d) = jax.lax.scan(
-            scan_body, jnp.zeros_like(flat) if want_volume else None, chunks)
-        # Each shard returns its partial volume gradient; they are summed below.
-        return (g_flat[None] if want_volume else None), g_e, g_d
-
-    g_flat, g_entry, g_direction = _over_shards(local, mesh, (flat,), chunks)
-    g_entry = _from_chunks(g_entry, entry.shape[0], shards)
-    g_direction = _from_chunks(g_direction, entry.shape[0], shards)
+    g_flat, (g_entry, g_direction) = jax.lax.scan(
+        scan_body, jnp.zeros_like(flat) if want_volume else None, chunks)
+    g_entry = _from_chunks(g_entry, entry.shape[0])
+    g_direction = _from_chunks(g_direction, entry.shape[0])
     safe_step = jnp.where(num_steps > 0, step, 1.0)
     g_h = (jnp.sum(g * out, axis=-1) + jnp.sum(g_direction * direction, axis=-1)) / safe_step
     g_h = jnp.where(num_steps > 0, g_h, 0.0)
     # None = a zero cotangent (the volume is not being differentiated).
-    return (jnp.sum(g_flat, axis=0) if want_volume else None), g_entry, g_direction, g_h, None
+    return (g_flat if want_volume else None), g_entry, g_direction, g_h, None
 
 
 _march.defvjp(_march_fwd, _march_bwd, symbolic_zeros=True)
@@ -184,8 +146,7 @@ def march(flat, padded_shape, rays: Rays, chunk: int = DEFAULT_CHUNK, planes: bo
     """Line integrals [R, C] (channel units x mm) of a padded flat volume [N, C] along rays.
 
     Rays are processed ``chunk`` at a time (in order, so neighbouring pixels share a chunk): each
-    chunk's loop stops at its own longest ray, and temporaries stay O(chunk). With several CPU
-    devices (:func:`jaxdrr.use_cpu_cores`) the chunks are spread over them with ``shard_map``.
+    chunk's loop stops at its own longest ray, and temporaries stay O(chunk).
 
     ``planes``: the rays come from :func:`jaxdrr.ops.rays.clip_rays_to_planes` (samples on
     voxel-centre planes, 4 voxels read per sample).
