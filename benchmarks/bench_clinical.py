@@ -27,15 +27,19 @@ def main():
     ap.add_argument("--shape", type=int, nargs=3, default=(512, 512, 500))
     ap.add_argument("--detector", type=int, default=1024)
     args = ap.parse_args()
-    import jaxdrr
     import jax
     import jax.numpy as jnp
 
+    import jaxdrr
+
     t = time.perf_counter()
     vol = jaxdrr.phantom(shape=tuple(args.shape))
-    print(f"phantom {vol.shape}: {time.perf_counter() - t:.1f} s, peak RSS {peak_rss_gb():.2f} GB", flush=True)
-    g = jaxdrr.geometry.CArmGeometry(height=args.detector, width=args.detector,
-                                     pixel_size_mm=0.8 * 512 / args.detector)
+    print(
+        f"phantom {vol.shape}: {time.perf_counter() - t:.1f} s, peak RSS {peak_rss_gb():.2f} GB", flush=True
+    )
+    g = jaxdrr.geometry.CArmGeometry(
+        height=args.detector, width=args.detector, pixel_size_mm=0.8 * 512 / args.detector
+    )
     P = jaxdrr.geometry.carm(30.0, 10.0, isocenter=vol.center, geometry=g)
     step = "planes" if args.step == "planes" else None
     cfg = jaxdrr.RenderConfig(height=g.height, width=g.width, step_mm=step, noise=jaxdrr.NoiseConfig())
@@ -44,8 +48,11 @@ def main():
     for label in ("render (compile + run)", "render"):
         t = time.perf_counter()
         img = jax.block_until_ready(render(params, vol, P, jax.random.key(0)))
-        print(f"{label}: {time.perf_counter() - t:.1f} s, finite={bool(jnp.all(jnp.isfinite(img)))}, "
-              f"peak RSS {peak_rss_gb():.2f} GB", flush=True)
+        print(
+            f"{label}: {time.perf_counter() - t:.1f} s, finite={bool(jnp.all(jnp.isfinite(img)))}, "
+            f"peak RSS {peak_rss_gb():.2f} GB",
+            flush=True,
+        )
     clean = jaxdrr.make_renderer(cfg.replace(noise=None))
     target = img
     # The volume is an argument, not a closure: a closed-over array becomes an XLA constant that
@@ -54,8 +61,11 @@ def main():
     for label in ("pose gradient (compile + run)", "pose gradient"):
         t = time.perf_counter()
         gP = jax.block_until_ready(grad(P, vol))
-        print(f"{label}: {time.perf_counter() - t:.1f} s, finite={bool(jnp.all(jnp.isfinite(gP)))}, "
-              f"peak RSS {peak_rss_gb():.2f} GB", flush=True)
+        print(
+            f"{label}: {time.perf_counter() - t:.1f} s, finite={bool(jnp.all(jnp.isfinite(gP)))}, "
+            f"peak RSS {peak_rss_gb():.2f} GB",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

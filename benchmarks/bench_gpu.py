@@ -43,11 +43,13 @@ def make_problem(shape, channels, spacing, height, width, batch, seed=0):
     affine = np.diag(list(spacing) + [1.0])
     affine[:3, 3] = -0.5 * (np.array(shape) - 1) * np.array(spacing)  # centred on the origin
     det_mm = 1.2 * max(np.array(shape) * np.array(spacing)) * 2  # magnification 2
-    g = G.CArmGeometry(sdd_mm=1020.0, sid_mm=510.0, height=height, width=width,
-                       pixel_size_mm=det_mm / max(height, width))
+    g = G.CArmGeometry(
+        sdd_mm=1020.0, sid_mm=510.0, height=height, width=width, pixel_size_mm=det_mm / max(height, width)
+    )
     angles = np.linspace(-60, 60, batch)
-    Ps = jnp.stack([G.carm(float(a), 0.3 * float(a), isocenter=(0.0, 0.0, 0.0), geometry=g)
-                    for a in angles]).astype(jnp.float32)
+    Ps = jnp.stack(
+        [G.carm(float(a), 0.3 * float(a), isocenter=(0.0, 0.0, 0.0), geometry=g) for a in angles]
+    ).astype(jnp.float32)
     return vol, affine, Ps
 
 
@@ -83,10 +85,16 @@ def bench(fn, Ps, iters, min_time):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--detectors", default="256x256,620x480",
-                   help="comma-separated WIDTHxHEIGHT list (default: 256x256,620x480)")
-    p.add_argument("--backends", default=None,
-                   help="comma-separated; default 'xla,pallas' on GPU, 'xla,pallas_interpret' else")
+    p.add_argument(
+        "--detectors",
+        default="256x256,620x480",
+        help="comma-separated WIDTHxHEIGHT list (default: 256x256,620x480)",
+    )
+    p.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated; default 'xla,pallas' on GPU, 'xla,pallas_interpret' else",
+    )
     p.add_argument("--modes", default="fwd,fwd+bwd(P),fwd+bwd(P+vol)")
     p.add_argument("--volume", default="256,256,256", help="I,J,K voxels")
     p.add_argument("--spacing", default="0.8,0.8,1.0", help="mm")
@@ -100,20 +108,26 @@ def main(argv=None):
 
     on_gpu = jax.default_backend() == "gpu"
     if args.smoke:
-        args.detectors, args.volume, args.batch, args.iters, args.min_time = \
-            "16x12", "12,10,9", 2, 1, 0.0
+        args.detectors, args.volume, args.batch, args.iters, args.min_time = "16x12", "12,10,9", 2, 1, 0.0
     backends = (args.backends or ("xla,pallas" if on_gpu else "xla,pallas_interpret")).split(",")
     if not on_gpu and not args.smoke:
-        print("WARNING: no GPU: these are CPU numbers (pallas_interpret is an emulator, not a "
-              "kernel); use --smoke to just check the script runs.", file=sys.stderr)
+        print(
+            "WARNING: no GPU: these are CPU numbers (pallas_interpret is an emulator, not a "
+            "kernel); use --smoke to just check the script runs.",
+            file=sys.stderr,
+        )
     shape = tuple(int(v) for v in args.volume.split(","))
     spacing = tuple(float(v) for v in args.spacing.split(","))
     dev = jax.devices()[0]
-    print(f"# jaxdrr GPU benchmark: jax {jax.__version__}, device {dev.device_kind} ({dev.platform}), "
-          f"volume {shape} x C={args.channels}, spacing {spacing} mm, batch {args.batch} poses, "
-          f"step {args.step_mm or 'default'}")
-    header = ("| detector | backend | mode | ms / batch | images/s | Gsamples/s | compile s |\n"
-              "|---|---|---|---:|---:|---:|---:|")
+    print(
+        f"# jaxdrr GPU benchmark: jax {jax.__version__}, device {dev.device_kind} ({dev.platform}), "
+        f"volume {shape} x C={args.channels}, spacing {spacing} mm, batch {args.batch} poses, "
+        f"step {args.step_mm or 'default'}"
+    )
+    header = (
+        "| detector | backend | mode | ms / batch | images/s | Gsamples/s | compile s |\n"
+        "|---|---|---|---:|---:|---:|---:|"
+    )
     print(header)
     for det in args.detectors.split(","):
         width, height = (int(v) for v in det.lower().split("x"))
@@ -125,12 +139,16 @@ def main(argv=None):
                     fn = make_fn(mode, backend, vol, affine, height, width, args.step_mm)
                     sec, compile_s = bench(fn, Ps, args.iters, args.min_time)
                 except Exception as e:  # noqa: BLE001 - keep the table going
-                    print(f"| {width}x{height} | {backend} | {mode} | FAILED: "
-                          f"{type(e).__name__}: {str(e).splitlines()[0][:120]} | | | |")
+                    print(
+                        f"| {width}x{height} | {backend} | {mode} | FAILED: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0][:120]} | | | |"
+                    )
                     continue
-                print(f"| {width}x{height} | {backend} | {mode} | {sec * 1e3:.2f} | "
-                      f"{args.batch / sec:.1f} | {samples / sec / 1e9:.3f} | {compile_s:.1f} |",
-                      flush=True)
+                print(
+                    f"| {width}x{height} | {backend} | {mode} | {sec * 1e3:.2f} | "
+                    f"{args.batch / sec:.1f} | {samples / sec / 1e9:.3f} | {compile_s:.1f} |",
+                    flush=True,
+                )
     return 0
 
 

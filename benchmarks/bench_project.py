@@ -34,12 +34,16 @@ import common  # noqa: E402
 
 LAO, CRAN = 30.0, 10.0
 TARGETS = {
-    "samples_per_s": 25e6, "three_channel_ratio": 1.5, "grad_ratio": 4.0, "grad_peak_mb": 1024.0,
+    "samples_per_s": 25e6,
+    "three_channel_ratio": 1.5,
+    "grad_ratio": 4.0,
+    "grad_peak_mb": 1024.0,
     "render_ratio": 1.3,
 }
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 def volume_cache_path(size: int) -> Path:
     return common.CACHE_DIR / f"phantom_{size}.npz"
@@ -72,8 +76,9 @@ def geometry(vol, detector: int):
     lo, hi = vol.world_bounds()
     extent = float(np.max(hi - lo))
     pixel = extent * (g.sdd_mm / g.sid_mm) / detector
-    return CArmGeometry(sdd_mm=g.sdd_mm, sid_mm=g.sid_mm, height=detector, width=detector,
-                        pixel_size_mm=pixel)
+    return CArmGeometry(
+        sdd_mm=g.sdd_mm, sid_mm=g.sid_mm, height=detector, width=detector, pixel_size_mm=pixel
+    )
 
 
 def projection_matrix(vol, detector: int):
@@ -81,8 +86,9 @@ def projection_matrix(vol, detector: int):
 
     import jaxdrr
 
-    return jnp.asarray(jaxdrr.geometry.carm(LAO, CRAN, isocenter=vol.center,
-                                            geometry=geometry(vol, detector)))
+    return jnp.asarray(
+        jaxdrr.geometry.carm(LAO, CRAN, isocenter=vol.center, geometry=geometry(vol, detector))
+    )
 
 
 def densities(vol, channels: int):
@@ -110,12 +116,18 @@ def sample_counts(vol, P, detector: int, step_mm: float) -> dict:
     chunk = max(1, min(march.DEFAULT_CHUNK, n.size))
     pad = (-n.size) % chunk
     per_chunk = np.pad(n, (0, pad)).reshape(-1, chunk).max(axis=1)
-    return {"useful_samples": int(n.sum()), "computed_samples": int(per_chunk.sum() * chunk),
-            "rays": int(n.size), "rays_hit": int((n > 0).sum()), "max_steps": int(n.max()),
-            "chunk": chunk}
+    return {
+        "useful_samples": int(n.sum()),
+        "computed_samples": int(per_chunk.sum() * chunk),
+        "rays": int(n.size),
+        "rays_hit": int((n > 0).sum()),
+        "max_steps": int(n.max()),
+        "chunk": chunk,
+    }
 
 
 # ----------------------------------------------------------------------------- worker
+
 
 def worker(spec: dict) -> dict:
     import jax
@@ -142,23 +154,22 @@ def worker(spec: dict) -> dict:
         key = jax.random.key(0)
         meter = common.MemoryMeter()
         fn = lambda: render(params, vol, P, key)  # noqa: E731
-        extra = {"energies": int(params["energies"].shape[0]),
-                 "materials": list(config.materials.names)}
+        extra = {"energies": int(params["energies"].shape[0]), "materials": list(config.materials.names)}
     else:
         data = jax.block_until_ready(densities(vol, ch))
         extra = {}
         if kind == "fwd":
-            f = jax.jit(lambda d, P: jaxdrr.project(d, affine, P, det, det, step_mm=step,
-                                                    backend="xla"))
+            f = jax.jit(lambda d, P: jaxdrr.project(d, affine, P, det, det, step_mm=step, backend="xla"))
             meter = common.MemoryMeter()
             fn = lambda: f(data, P)  # noqa: E731
         elif kind == "grad":
             # target: the same view 1 degree off, so the loss and its gradient are non-trivial
-            P_t = jaxdrr.geometry.carm(LAO + 1.0, CRAN, isocenter=vol.center,
-                                       geometry=geometry(vol, det))
-            target = jax.block_until_ready(jax.jit(
-                lambda d, P: jaxdrr.project(d, affine, P, det, det, step_mm=step, backend="xla")
-            )(data, P_t))
+            P_t = jaxdrr.geometry.carm(LAO + 1.0, CRAN, isocenter=vol.center, geometry=geometry(vol, det))
+            target = jax.block_until_ready(
+                jax.jit(lambda d, P: jaxdrr.project(d, affine, P, det, det, step_mm=step, backend="xla"))(
+                    data, P_t
+                )
+            )
 
             def loss(P, d):
                 img = jaxdrr.project(d, affine, P, det, det, step_mm=step, backend="xla")
@@ -168,8 +179,11 @@ def worker(spec: dict) -> dict:
             meter = common.MemoryMeter()
             fn = lambda: f(P, data)  # noqa: E731
             val, gP = f(P, data)
-            extra = {"loss": float(val), "grad_norm": float(jnp.linalg.norm(gP)),
-                     "grad_finite": bool(jnp.all(jnp.isfinite(gP)))}
+            extra = {
+                "loss": float(val),
+                "grad_norm": float(jnp.linalg.norm(gP)),
+                "grad_finite": bool(jnp.all(jnp.isfinite(gP))),
+            }
         elif kind == "rays":
             f = jax.jit(lambda P: rays_lib.detector_rays(P, grid, det, det, step))
             meter = common.MemoryMeter()
@@ -179,11 +193,13 @@ def worker(spec: dict) -> dict:
             meter = common.MemoryMeter()
             fn = lambda: f(data)  # noqa: E731
         elif kind == "march":
-            rays = jax.block_until_ready(jax.jit(
-                lambda P: rays_lib.detector_rays(P, grid, det, det, step))(P))
+            rays = jax.block_until_ready(
+                jax.jit(lambda P: rays_lib.detector_rays(P, grid, det, det, step))(P)
+            )
             flat = jax.block_until_ready(jax.jit(march_lib.pad_channels_last)(data))
-            f = jax.jit(lambda flat, rays: march_lib.march(flat, grid.padded_shape, rays,
-                                                           planes=(step == "planes")))
+            f = jax.jit(
+                lambda flat, rays: march_lib.march(flat, grid.padded_shape, rays, planes=(step == "planes"))
+            )
             meter = common.MemoryMeter()
             fn = lambda: f(flat, rays)  # noqa: E731
         else:
@@ -195,9 +211,15 @@ def worker(spec: dict) -> dict:
     first = time.perf_counter() - t0
     meter.mark_warm()
     times, _ = common.time_repeats(fn, repeats, warmup=1, sync=jax.block_until_ready)
-    out = {"kind": kind, "channels": ch, "first_call_s": round(first, 3),
-           "times_s": [round(t, 4) for t in times], "median_s": common.median(times), **extra,
-           **meter.result()}
+    out = {
+        "kind": kind,
+        "channels": ch,
+        "first_call_s": round(first, 3),
+        "times_s": [round(t, 4) for t in times],
+        "median_s": common.median(times),
+        **extra,
+        **meter.result(),
+    }
     if kind == "fwd" and spec.get("counts"):
         out.update(sample_counts(vol, P, det, step))
     return out
@@ -205,22 +227,24 @@ def worker(spec: dict) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 
+
 def run(args) -> dict:
     script = str(Path(__file__).resolve())
-    base = {"size": args.size, "detector": args.detector, "repeats": args.repeats,
-            "step": args.step}
+    base = {"size": args.size, "detector": args.detector, "repeats": args.repeats, "step": args.step}
     print(f"# preparing {args.size}^3 phantom (cached in {common.CACHE_DIR}) ...", flush=True)
     make_volume(args.size)
-    plan = [("fwd1", {"kind": "fwd", "channels": 1, "counts": True}),
-            ("fwd3", {"kind": "fwd", "channels": 3}),
-            ("grad1", {"kind": "grad", "channels": 1}),
-            ("grad3", {"kind": "grad", "channels": 3}),
-            ("render", {"kind": "render", "channels": 3}),
-            ("rays", {"kind": "rays", "channels": 1}),
-            ("pad1", {"kind": "pad", "channels": 1}),
-            ("march1", {"kind": "march", "channels": 1}),
-            ("pad3", {"kind": "pad", "channels": 3}),
-            ("march3", {"kind": "march", "channels": 3})]
+    plan = [
+        ("fwd1", {"kind": "fwd", "channels": 1, "counts": True}),
+        ("fwd3", {"kind": "fwd", "channels": 3}),
+        ("grad1", {"kind": "grad", "channels": 1}),
+        ("grad3", {"kind": "grad", "channels": 3}),
+        ("render", {"kind": "render", "channels": 3}),
+        ("rays", {"kind": "rays", "channels": 1}),
+        ("pad1", {"kind": "pad", "channels": 1}),
+        ("march1", {"kind": "march", "channels": 1}),
+        ("pad3", {"kind": "pad", "channels": 3}),
+        ("march3", {"kind": "march", "channels": 3}),
+    ]
     if args.only:
         plan = [p for p in plan if p[0] in args.only.split(",")]
     results = {}
@@ -228,15 +252,16 @@ def run(args) -> dict:
         for name, spec in plan:
             if rnd > 0 and name not in ("fwd1", "fwd3", "grad1", "render"):
                 continue
-            print(f"# [{rnd + 1}/{args.rounds}] {name} (load {common.load_average()}) ...",
-                  flush=True)
+            print(f"# [{rnd + 1}/{args.rounds}] {name} (load {common.load_average()}) ...", flush=True)
             r = common.run_worker(script, {**base, **spec})
             results.setdefault(name, []).append(r)
             if "error" in r:
                 print(f"   ERROR: {r['error']}\n   " + "\n   ".join(r.get("stderr_tail", [])))
             else:
-                print(f"   median {r['median_s']:.4f} s, peak {r['peak_mb']} MB "
-                      f"(exec {r.get('exec_peak_mb')} MB), first call {r['first_call_s']} s")
+                print(
+                    f"   median {r['median_s']:.4f} s, peak {r['peak_mb']} MB "
+                    f"(exec {r.get('exec_peak_mb')} MB), first call {r['first_call_s']} s"
+                )
     return results
 
 
@@ -251,8 +276,7 @@ def summarise(results: dict, args, info: dict) -> tuple[dict, str]:
 
     def paired(num, den):
         a, b = results.get(num, []), results.get(den, [])
-        rs = [x["median_s"] / y["median_s"] for x, y in zip(a, b)
-              if "error" not in x and "error" not in y]
+        rs = [x["median_s"] / y["median_s"] for x, y in zip(a, b) if "error" not in x and "error" not in y]
         return common.median(rs) if rs else float("nan")
 
     f1 = results.get("fwd1", [{}])[0]
@@ -261,19 +285,31 @@ def summarise(results: dict, args, info: dict) -> tuple[dict, str]:
     trays, tpad, tmarch = med("rays"), med("pad1"), med("march1")
     tpad3, tmarch3 = med("pad3"), med("march3")
     summary = {
-        "fwd1_s": t1, "fwd3_s": t3, "grad1_s": tg, "grad3_s": tg3, "render_s": tr,
-        "rays_s": trays, "pad1_s": tpad, "march1_s": tmarch, "pad3_s": tpad3, "march3_s": tmarch3,
-        "useful_samples": useful, "computed_samples": computed,
+        "fwd1_s": t1,
+        "fwd3_s": t3,
+        "grad1_s": tg,
+        "grad3_s": tg3,
+        "render_s": tr,
+        "rays_s": trays,
+        "pad1_s": tpad,
+        "march1_s": tmarch,
+        "pad3_s": tpad3,
+        "march3_s": tmarch3,
+        "useful_samples": useful,
+        "computed_samples": computed,
         "useful_samples_per_s": useful / t1 if t1 else float("nan"),
         "computed_samples_per_s": computed / t1 if t1 else float("nan"),
         "march_computed_samples_per_s": computed / tmarch if tmarch else float("nan"),
-        "three_channel_ratio": t3 / t1, "grad_ratio": tg / t1, "grad3_ratio": tg3 / t3,
+        "three_channel_ratio": t3 / t1,
+        "grad_ratio": tg / t1,
+        "grad3_ratio": tg3 / t3,
         "render_ratio": tr / t3,
         # the same ratios per round (both from the same round, so under similar load), median
-        "paired_three_channel_ratio": paired("fwd3", "fwd1"), "paired_grad_ratio":
-            paired("grad1", "fwd1"), "paired_render_ratio": paired("render", "fwd3"),
-        "peak_mb": {k: mem(k) for k in results}, "exec_peak_mb": {k: mem(k, "exec_peak_mb")
-                                                                  for k in results},
+        "paired_three_channel_ratio": paired("fwd3", "fwd1"),
+        "paired_grad_ratio": paired("grad1", "fwd1"),
+        "paired_render_ratio": paired("render", "fwd3"),
+        "peak_mb": {k: mem(k) for k in results},
+        "exec_peak_mb": {k: mem(k, "exec_peak_mb") for k in results},
     }
     T = TARGETS
 
@@ -281,62 +317,119 @@ def summarise(results: dict, args, info: dict) -> tuple[dict, str]:
         return "met" if cond else "**missed**"
 
     rows = [
-        ["(a) 1-channel forward", t1, summary["peak_mb"].get("fwd1"),
-         summary["exec_peak_mb"].get("fwd1"),
-         f"{summary['computed_samples_per_s'] / 1e6:.1f}M computed, "
-         f"{summary['useful_samples_per_s'] / 1e6:.1f}M useful samples/s",
-         f">= 25M samples/s: {ok(summary['computed_samples_per_s'] >= T['samples_per_s'])} "
-         f"(computed), {ok(summary['useful_samples_per_s'] >= T['samples_per_s'])} (useful)"],
-        ["(b) 3-channel forward", t3, summary["peak_mb"].get("fwd3"),
-         summary["exec_peak_mb"].get("fwd3"),
-         f"{summary['three_channel_ratio']:.2f}x 1-channel (per-round paired: "
-         f"{summary['paired_three_channel_ratio']:.2f}x)",
-         f"<= 1.5x: {ok(summary['three_channel_ratio'] <= T['three_channel_ratio'])} "
-         f"(paired: {ok(summary['paired_three_channel_ratio'] <= T['three_channel_ratio'])})"],
-        ["(c) 1-channel fwd + pose grad", tg, summary["peak_mb"].get("grad1"),
-         summary["exec_peak_mb"].get("grad1"),
-         f"{summary['grad_ratio']:.2f}x forward (paired: {summary['paired_grad_ratio']:.2f}x)",
-         f"<= 4x: {ok(summary['grad_ratio'] <= T['grad_ratio'])}; < 1 GB: "
-         f"{ok(summary['peak_mb'].get('grad1', 1e9) < T['grad_peak_mb'])}"],
-        ["(c') 3-channel fwd + pose grad", tg3, summary["peak_mb"].get("grad3"),
-         summary["exec_peak_mb"].get("grad3"), f"{summary['grad3_ratio']:.2f}x 3-ch forward", ""],
-        ["(e) full render (3 mat, 1 keV, noise)", tr, summary["peak_mb"].get("render"),
-         summary["exec_peak_mb"].get("render"),
-         f"{summary['render_ratio']:.2f}x 3-ch projection (paired: "
-         f"{summary['paired_render_ratio']:.2f}x)",
-         f"<= 1.3x: {ok(summary['render_ratio'] <= T['render_ratio'])} "
-         f"(paired: {ok(summary['paired_render_ratio'] <= T['render_ratio'])})"],
-        ["breakdown: detector_rays", trays, summary["peak_mb"].get("rays"),
-         summary["exec_peak_mb"].get("rays"), "", ""],
-        ["breakdown: pad_channels_last (1 ch)", tpad, summary["peak_mb"].get("pad1"),
-         summary["exec_peak_mb"].get("pad1"), "", ""],
-        ["breakdown: march only (1 ch)", tmarch, summary["peak_mb"].get("march1"),
-         summary["exec_peak_mb"].get("march1"),
-         f"{summary['march_computed_samples_per_s'] / 1e6:.1f}M computed samples/s", ""],
-        ["breakdown: pad_channels_last (3 ch)", tpad3, summary["peak_mb"].get("pad3"),
-         summary["exec_peak_mb"].get("pad3"), "", ""],
-        ["breakdown: march only (3 ch)", tmarch3, summary["peak_mb"].get("march3"),
-         summary["exec_peak_mb"].get("march3"), f"{tmarch3 / tmarch:.2f}x 1-ch march", ""],
+        [
+            "(a) 1-channel forward",
+            t1,
+            summary["peak_mb"].get("fwd1"),
+            summary["exec_peak_mb"].get("fwd1"),
+            f"{summary['computed_samples_per_s'] / 1e6:.1f}M computed, "
+            f"{summary['useful_samples_per_s'] / 1e6:.1f}M useful samples/s",
+            f">= 25M samples/s: {ok(summary['computed_samples_per_s'] >= T['samples_per_s'])} "
+            f"(computed), {ok(summary['useful_samples_per_s'] >= T['samples_per_s'])} (useful)",
+        ],
+        [
+            "(b) 3-channel forward",
+            t3,
+            summary["peak_mb"].get("fwd3"),
+            summary["exec_peak_mb"].get("fwd3"),
+            f"{summary['three_channel_ratio']:.2f}x 1-channel (per-round paired: "
+            f"{summary['paired_three_channel_ratio']:.2f}x)",
+            f"<= 1.5x: {ok(summary['three_channel_ratio'] <= T['three_channel_ratio'])} "
+            f"(paired: {ok(summary['paired_three_channel_ratio'] <= T['three_channel_ratio'])})",
+        ],
+        [
+            "(c) 1-channel fwd + pose grad",
+            tg,
+            summary["peak_mb"].get("grad1"),
+            summary["exec_peak_mb"].get("grad1"),
+            f"{summary['grad_ratio']:.2f}x forward (paired: {summary['paired_grad_ratio']:.2f}x)",
+            f"<= 4x: {ok(summary['grad_ratio'] <= T['grad_ratio'])}; < 1 GB: "
+            f"{ok(summary['peak_mb'].get('grad1', 1e9) < T['grad_peak_mb'])}",
+        ],
+        [
+            "(c') 3-channel fwd + pose grad",
+            tg3,
+            summary["peak_mb"].get("grad3"),
+            summary["exec_peak_mb"].get("grad3"),
+            f"{summary['grad3_ratio']:.2f}x 3-ch forward",
+            "",
+        ],
+        [
+            "(e) full render (3 mat, 1 keV, noise)",
+            tr,
+            summary["peak_mb"].get("render"),
+            summary["exec_peak_mb"].get("render"),
+            f"{summary['render_ratio']:.2f}x 3-ch projection (paired: {summary['paired_render_ratio']:.2f}x)",
+            f"<= 1.3x: {ok(summary['render_ratio'] <= T['render_ratio'])} "
+            f"(paired: {ok(summary['paired_render_ratio'] <= T['render_ratio'])})",
+        ],
+        [
+            "breakdown: detector_rays",
+            trays,
+            summary["peak_mb"].get("rays"),
+            summary["exec_peak_mb"].get("rays"),
+            "",
+            "",
+        ],
+        [
+            "breakdown: pad_channels_last (1 ch)",
+            tpad,
+            summary["peak_mb"].get("pad1"),
+            summary["exec_peak_mb"].get("pad1"),
+            "",
+            "",
+        ],
+        [
+            "breakdown: march only (1 ch)",
+            tmarch,
+            summary["peak_mb"].get("march1"),
+            summary["exec_peak_mb"].get("march1"),
+            f"{summary['march_computed_samples_per_s'] / 1e6:.1f}M computed samples/s",
+            "",
+        ],
+        [
+            "breakdown: pad_channels_last (3 ch)",
+            tpad3,
+            summary["peak_mb"].get("pad3"),
+            summary["exec_peak_mb"].get("pad3"),
+            "",
+            "",
+        ],
+        [
+            "breakdown: march only (3 ch)",
+            tmarch3,
+            summary["peak_mb"].get("march3"),
+            summary["exec_peak_mb"].get("march3"),
+            f"{tmarch3 / tmarch:.2f}x 1-ch march",
+            "",
+        ],
     ]
     n_runs = {k: len(v) for k, v in results.items()}
-    md = [f"# jaxdrr projector benchmark ({info['date']})", "",
-          f"Command: `{info['command']}`  ",
-          f"Machine: {info['cpus']} CPUs, {info['platform']}, Python {info['python']}, "
-          f"jax {info.get('jax')} ({info.get('jax_backend')})  ",
-          f"Load average at start: {info['loadavg']}; at end: {info.get('loadavg_end')} "
-          "(the machine is shared; other jobs were running)  ",
-          f"Volume: pelvis phantom {args.size}^3, isotropic {384.0 / args.size:.3f} mm; detector "
-          f"{args.detector}x{args.detector}, C-arm LAO {LAO} CRAN {CRAN}, sampling "
-          f"{'0.5 voxel steps' if args.step == 'half' else 'voxel planes'}; "
-          f"{f1.get('rays_hit')} / {f1.get('rays')} rays hit the volume, longest "
-          f"{f1.get('max_steps')} steps; useful samples {useful:,}, computed samples "
-          f"{computed:,} (chunks of {f1.get('chunk')} rays run to their longest ray).  ",
-          f"Times: median of {args.repeats} repeats after warm-up, per fresh subprocess; runs per "
-          f"measurement (median taken across them): {n_runs}.  ",
-          "Memory: peak RSS over the loaded-input baseline (VmHWM - VmRSS, incl. compile) and "
-          "execution-only transient (VmHWM reset after warm-up via /proc/self/clear_refs).", "",
-          common.md_table(["measurement", "median s", "peak MB (incl. compile)", "exec peak MB",
-                           "rate / ratio", "target"], rows), ""]
+    md = [
+        f"# jaxdrr projector benchmark ({info['date']})",
+        "",
+        f"Command: `{info['command']}`  ",
+        f"Machine: {info['cpus']} CPUs, {info['platform']}, Python {info['python']}, "
+        f"jax {info.get('jax')} ({info.get('jax_backend')})  ",
+        f"Load average at start: {info['loadavg']}; at end: {info.get('loadavg_end')} "
+        "(the machine is shared; other jobs were running)  ",
+        f"Volume: pelvis phantom {args.size}^3, isotropic {384.0 / args.size:.3f} mm; detector "
+        f"{args.detector}x{args.detector}, C-arm LAO {LAO} CRAN {CRAN}, sampling "
+        f"{'0.5 voxel steps' if args.step == 'half' else 'voxel planes'}; "
+        f"{f1.get('rays_hit')} / {f1.get('rays')} rays hit the volume, longest "
+        f"{f1.get('max_steps')} steps; useful samples {useful:,}, computed samples "
+        f"{computed:,} (chunks of {f1.get('chunk')} rays run to their longest ray).  ",
+        f"Times: median of {args.repeats} repeats after warm-up, per fresh subprocess; runs per "
+        f"measurement (median taken across them): {n_runs}.  ",
+        "Memory: peak RSS over the loaded-input baseline (VmHWM - VmRSS, incl. compile) and "
+        "execution-only transient (VmHWM reset after warm-up via /proc/self/clear_refs).",
+        "",
+        common.md_table(
+            ["measurement", "median s", "peak MB (incl. compile)", "exec peak MB", "rate / ratio", "target"],
+            rows,
+        ),
+        "",
+    ]
     return summary, "\n".join(md)
 
 
@@ -345,11 +438,19 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=256, help="volume edge (voxels)")
     ap.add_argument("--detector", type=int, default=256, help="detector edge (pixels)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--step", choices=("half", "planes"), default="half",
-                    help="ray sampling: half-voxel steps (the spec's setting) or one sample per "
-                         "voxel plane (step_mm='planes', the renderer's default)")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="repeat the headline measurements (fresh processes) and take the median")
+    ap.add_argument(
+        "--step",
+        choices=("half", "planes"),
+        default="half",
+        help="ray sampling: half-voxel steps (the spec's setting) or one sample per "
+        "voxel plane (step_mm='planes', the renderer's default)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the headline measurements (fresh processes) and take the median",
+    )
     ap.add_argument("--quick", action="store_true", help="64^3 volume, 64x64 detector, 2 repeats")
     ap.add_argument("--only", default="", help="comma-separated subset, e.g. fwd1,fwd3")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
@@ -371,8 +472,9 @@ def main(argv=None):
     if args.quick:
         args.size, args.detector, args.repeats = 64, 64, 2
     info = common.machine_info()
-    info["command"] = "python benchmarks/bench_project.py " + " ".join(argv if argv is not None
-                                                                       else sys.argv[1:])
+    info["command"] = "python benchmarks/bench_project.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     results = run(args)
     info["loadavg_end"] = common.load_average()
     summary, md = summarise(results, args, info)
@@ -380,8 +482,7 @@ def main(argv=None):
     print(md)
     if not args.no_write and not args.quick:
         stem = f"project_{common.today()}_{args.step}"
-        payload = {"info": info, "args": vars(args), "summary": summary, "runs": results,
-                   "targets": TARGETS}
+        payload = {"info": info, "args": vars(args), "summary": summary, "runs": results, "targets": TARGETS}
         paths = common.write_results(stem, payload, md)
         print("wrote", *paths)
 

@@ -30,6 +30,7 @@ MARK = "@@RESULT@@"
 
 # ----------------------------------------------------------------------------- memory
 
+
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -72,15 +73,18 @@ class MemoryMeter:
     def result(self) -> dict:
         hwm = hwm_mb()
         total_peak = max(hwm, getattr(self, "peak_so_far", 0.0))
-        out = {"baseline_rss_mb": round(self.baseline, 1),
-               "peak_mb": round(total_peak - self.baseline, 1),
-               "process_peak_rss_mb": round(total_peak, 1)}
+        out = {
+            "baseline_rss_mb": round(self.baseline, 1),
+            "peak_mb": round(total_peak - self.baseline, 1),
+            "process_peak_rss_mb": round(total_peak, 1),
+        }
         if self.warm_rss is not None and self.reset_ok:
             out["exec_peak_mb"] = round(hwm - self.warm_rss, 1)
         return out
 
 
 # ----------------------------------------------------------------------------- timing
+
 
 def time_repeats(fn, repeats: int, warmup: int = 1, sync=lambda x: x) -> tuple[list[float], float]:
     """Calls ``fn()`` ``warmup`` times (first call timed as compile+run), then ``repeats`` times.
@@ -111,19 +115,26 @@ def median(xs):
 
 # ----------------------------------------------------------------------------- machine info
 
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
 def machine_info() -> dict:
-    info = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "python": sys.version.split()[0],
-            "platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": load_average()}
+    info = {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "loadavg": load_average(),
+    }
     try:
         info["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     except OSError:
         pass
     try:
         import jax
+
         info["jax"] = jax.__version__
         info["jax_backend"] = jax.default_backend()
     except ImportError:
@@ -133,13 +144,15 @@ def machine_info() -> dict:
 
 # ----------------------------------------------------------------------------- workers
 
+
 def emit(result: dict):
     """Worker side: prints the result as one marked JSON line on stdout."""
     print(MARK + json.dumps(result), flush=True)
 
 
-def run_worker(script: str, spec: dict, python: str | None = None, timeout: float = 1800,
-               env: dict | None = None) -> dict:
+def run_worker(
+    script: str, spec: dict, python: str | None = None, timeout: float = 1800, env: dict | None = None
+) -> dict:
     """Runs ``python script --worker JSON`` in a fresh process and returns its emitted result."""
     cmd = [python or sys.executable, script, "--worker", json.dumps(spec)]
     load_before = load_average()
@@ -154,7 +167,7 @@ def run_worker(script: str, spec: dict, python: str | None = None, timeout: floa
     wall = time.perf_counter() - t0
     for line in p.stdout.splitlines()[::-1]:
         if line.startswith(MARK):
-            r = json.loads(line[len(MARK):])
+            r = json.loads(line[len(MARK) :])
             r["wall_s"] = round(wall, 1)
             r["loadavg_before"] = load_before
             r["loadavg_after"] = load_average()
@@ -189,6 +202,7 @@ def md_table(headers: list[str], rows: list[list]) -> str:
                 return f"{x:.2f}"
             return f"{x:.3g}"
         return str(x)
+
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(x) for x in r) + " |" for r in rows]
     return "\n".join(lines)

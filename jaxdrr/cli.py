@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,57 +24,111 @@ GEOMETRY_PRESETS = ("default", "deepdrr", "paper")
 
 def _add_render_parser(sub) -> None:
     p = sub.add_parser(
-        "render", help="render a realistic X-ray (DRR) from a CT or the built-in phantom",
+        "render",
+        help="render a realistic X-ray (DRR) from a CT or the built-in phantom",
         description="Render a physically based X-ray image: material decomposition, spectral "
-                    "Beer-Lambert over a tungsten spectrum, quantum and readout noise.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "Beer-Lambert over a tungsten spectrum, quantum and readout noise.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     src = p.add_argument_group("input")
-    src.add_argument("--ct", default="phantom",
-                     help="NIfTI file, DICOM series directory, or 'phantom' for the built-in pelvis phantom")
-    src.add_argument("--series-uid", default=None, help="DICOM SeriesInstanceUID when the directory holds several series")
-    src.add_argument("--phantom-size", type=int, nargs=3, default=(192, 160, 128), metavar=("I", "J", "K"),
-                     help="voxels of the built-in phantom")
+    src.add_argument(
+        "--ct",
+        default="phantom",
+        help="NIfTI file, DICOM series directory, or 'phantom' for the built-in pelvis phantom",
+    )
+    src.add_argument(
+        "--series-uid", default=None, help="DICOM SeriesInstanceUID when the directory holds several series"
+    )
+    src.add_argument(
+        "--phantom-size",
+        type=int,
+        nargs=3,
+        default=(192, 160, 128),
+        metavar=("I", "J", "K"),
+        help="voxels of the built-in phantom",
+    )
     geo = p.add_argument_group("geometry (C-arm, RAS+ world, angles in degrees)")
     geo.add_argument("--lao", type=float, nargs="+", default=[0.0], help="LAO angle(s); negative = RAO")
     geo.add_argument("--cran", type=float, nargs="+", default=[0.0], help="CRAN angle(s); negative = CAUD")
-    geo.add_argument("--isocenter", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
-                     help="rotation centre in world mm (default: the volume centre)")
-    geo.add_argument("--preset", choices=GEOMETRY_PRESETS, default="default",
-                     help="default: SDD 1020, SID 700, 512^2 x 0.8 mm; deepdrr: SDD 1020, SID 530, "
-                          "1536^2 x 0.194 mm; paper: 615x479 x 0.616 mm")
+    geo.add_argument(
+        "--isocenter",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("X", "Y", "Z"),
+        help="rotation centre in world mm (default: the volume centre)",
+    )
+    geo.add_argument(
+        "--preset",
+        choices=GEOMETRY_PRESETS,
+        default="default",
+        help="default: SDD 1020, SID 700, 512^2 x 0.8 mm; deepdrr: SDD 1020, SID 530, "
+        "1536^2 x 0.194 mm; paper: 615x479 x 0.616 mm",
+    )
     geo.add_argument("--sdd", type=float, default=None, help="source-detector distance, mm")
     geo.add_argument("--sid", type=float, default=None, help="source-isocentre distance, mm")
     geo.add_argument("--height", type=int, default=None, help="detector rows")
     geo.add_argument("--width", type=int, default=None, help="detector columns")
     geo.add_argument("--pixel-size", type=float, default=None, help="pixel pitch, mm")
     phys = p.add_argument_group("physics")
-    phys.add_argument("--kvp", type=float, default=120.0,
-                      help="tube voltage: 60, 90 or 120 use the shipped IPEM-78 spectra; other values need SpekPy")
-    phys.add_argument("--filtration", type=float, default=None,
-                      help="total Al filtration in mm (forces a SpekPy spectrum; default IPEM-78's)")
-    phys.add_argument("--spectrum-csv", default=None,
-                      help="CSV with columns energy_keV,fluence (overrides --kvp)")
+    phys.add_argument(
+        "--kvp",
+        type=float,
+        default=120.0,
+        help="tube voltage: 60, 90 or 120 use the shipped IPEM-78 spectra; other values need SpekPy",
+    )
+    phys.add_argument(
+        "--filtration",
+        type=float,
+        default=None,
+        help="total Al filtration in mm (forces a SpekPy spectrum; default IPEM-78's)",
+    )
+    phys.add_argument(
+        "--spectrum-csv", default=None, help="CSV with columns energy_keV,fluence (overrides --kvp)"
+    )
     phys.add_argument("--hu-to-density", choices=("deepdrr", "schneider"), default="deepdrr")
-    phys.add_argument("--detector", choices=("ei", "pc"), default="ei",
-                      help="energy-integrating or photon-counting")
-    phys.add_argument("--output", choices=("log", "transmission", "intensity", "photons"), default="log",
-                      help="image quantity (log = -ln transmission, not normalised)")
+    phys.add_argument(
+        "--detector", choices=("ei", "pc"), default="ei", help="energy-integrating or photon-counting"
+    )
+    phys.add_argument(
+        "--output",
+        choices=("log", "transmission", "intensity", "photons"),
+        default="log",
+        help="image quantity (log = -ln transmission, not normalised)",
+    )
     phys.add_argument("--photons", type=float, default=5e5, help="photons emitted per pixel (N0)")
     phys.add_argument("--no-noise", action="store_true", help="render the expected (noise-free) image")
     phys.add_argument("--read-noise", type=float, default=3.0, help="readout noise std, photon equivalents")
-    phys.add_argument("--step", type=_step, default="planes",
-                      help="ray sampling: 'planes' (one sample per voxel plane, Joseph's method), 'half' "
-                           "(half the finest voxel spacing), or a step in mm")
+    phys.add_argument(
+        "--step",
+        type=_step,
+        default="planes",
+        help="ray sampling: 'planes' (one sample per voxel plane, Joseph's method), 'half' "
+        "(half the finest voxel spacing), or a step in mm",
+    )
     phys.add_argument("--seed", type=int, default=0, help="noise seed; view i uses fold_in(seed, i)")
     out = p.add_argument_group("output")
-    out.add_argument("--out", default="xray.png", help="image file: .png (16-bit), .tif/.tiff (float32 or 16-bit), .npy")
-    out.add_argument("--save-npz", default=None, help="also save image, P, intrinsics and metadata to this .npz")
-    out.add_argument("--window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                     help="display window for integer formats (default: 0.5..99.5 percentiles)")
+    out.add_argument(
+        "--out", default="xray.png", help="image file: .png (16-bit), .tif/.tiff (float32 or 16-bit), .npy"
+    )
+    out.add_argument(
+        "--save-npz", default=None, help="also save image, P, intrinsics and metadata to this .npz"
+    )
+    out.add_argument(
+        "--window",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="display window for integer formats (default: 0.5..99.5 percentiles)",
+    )
     out.add_argument("--bit-depth", default=None, choices=("8", "16", "float"), help="sample format")
     out.add_argument("--batch", type=int, default=4, help="views rendered per vmapped batch")
-    out.add_argument("--overwrite", action="store_true",
-                     help="with several views: re-render views whose output exists (default: resume)")
+    out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with several views: re-render views whose output exists (default: resume)",
+    )
     out.add_argument("--backend", choices=("auto", "xla", "pallas", "pallas_interpret"), default="auto")
 
 
@@ -87,7 +140,9 @@ def _step(text: str):
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--step must be 'planes', 'half' or a number of mm, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--step must be 'planes', 'half' or a number of mm, got {text!r}"
+        ) from None
     if not (np.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"--step must be positive, got {text}")
     return value
@@ -95,6 +150,7 @@ def _step(text: str):
 
 def _load_ct(args):
     import jaxdrr
+
     if args.ct == "phantom":
         return jaxdrr.phantom(shape=tuple(args.phantom_size))
     return jaxdrr.load_volume(args.ct, series_uid=getattr(args, "series_uid", None))
@@ -102,19 +158,37 @@ def _load_ct(args):
 
 def _carm_geometry(args):
     from jaxdrr.geometry import CArmGeometry
-    g = {"default": CArmGeometry(), "deepdrr": CArmGeometry.deepdrr(), "paper": CArmGeometry.paper()}[args.preset]
-    changes = {k: v for k, v in (("sdd_mm", args.sdd), ("sid_mm", args.sid), ("height", args.height),
-                                 ("width", args.width), ("pixel_size_mm", args.pixel_size)) if v is not None}
+
+    g = {"default": CArmGeometry(), "deepdrr": CArmGeometry.deepdrr(), "paper": CArmGeometry.paper()}[
+        args.preset
+    ]
+    changes = {
+        k: v
+        for k, v in (
+            ("sdd_mm", args.sdd),
+            ("sid_mm", args.sid),
+            ("height", args.height),
+            ("width", args.width),
+            ("pixel_size_mm", args.pixel_size),
+        )
+        if v is not None
+    }
     import dataclasses
+
     return dataclasses.replace(g, **changes)
 
 
 def _spectrum(args):
     from jaxdrr import physics
+
     if args.spectrum_csv:
         data = np.genfromtxt(args.spectrum_csv, delimiter=",", comments="#", names=True)
-        s = physics.from_arrays(data[data.dtype.names[0]], data[data.dtype.names[1]],
-                                name=Path(args.spectrum_csv).name, provenance=f"user file {args.spectrum_csv}")
+        s = physics.from_arrays(
+            data[data.dtype.names[0]],
+            data[data.dtype.names[1]],
+            name=Path(args.spectrum_csv).name,
+            provenance=f"user file {args.spectrum_csv}",
+        )
     elif args.filtration is None and float(args.kvp) in (60.0, 90.0, 120.0):
         s = physics.ipem78(int(args.kvp))
     else:
@@ -160,9 +234,16 @@ def run_render(args) -> int:
     iso = np.asarray(args.isocenter if args.isocenter is not None else volume.center, np.float64)
     noise = None if args.no_noise else jaxdrr.NoiseConfig(readout_noise_std=args.read_noise)
     config = jaxdrr.RenderConfig(
-        height=g.height, width=g.width, step_mm=args.step,
-        materials=MaterialConfig(hu_to_density=args.hu_to_density), detector=args.detector,
-        output=args.output, noise=noise, photons_per_pixel=args.photons, backend=args.backend)
+        height=g.height,
+        width=g.width,
+        step_mm=args.step,
+        materials=MaterialConfig(hu_to_density=args.hu_to_density),
+        detector=args.detector,
+        output=args.output,
+        noise=noise,
+        photons_per_pixel=args.photons,
+        backend=args.backend,
+    )
     spectrum = _spectrum(args)
     params = jaxdrr.default_params(config, spectrum)
     views = list(itertools.product(args.lao, args.cran))
@@ -170,8 +251,14 @@ def run_render(args) -> int:
     npzs = _output_paths(args.save_npz, len(views)) if args.save_npz else [None] * len(views)
     for path in outs + [n for n in npzs if n is not None]:
         path.parent.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in range(len(views))
-            if args.overwrite or len(views) == 1 or not outs[i].exists() or (npzs[i] is not None and not npzs[i].exists())]
+    todo = [
+        i
+        for i in range(len(views))
+        if args.overwrite
+        or len(views) == 1
+        or not outs[i].exists()
+        or (npzs[i] is not None and not npzs[i].exists())
+    ]
     if not todo:
         print(f"all {len(views)} view(s) already rendered; use --overwrite to render again")
         return 0
@@ -181,14 +268,18 @@ def run_render(args) -> int:
     t0 = time.perf_counter()
     batch = max(1, args.batch)
     for start in range(0, len(todo), batch):
-        idx = todo[start:start + batch]
+        idx = todo[start : start + batch]
         pad = idx + [idx[-1]] * (batch - len(idx)) if len(todo) > batch else idx  # fixed shape: one compile
         Ps = jnp.stack([carm(views[i][0], views[i][1], isocenter=iso, geometry=g) for i in pad])
         keys = jnp.stack([jax.random.fold_in(base_key, i) for i in pad])
         images = np.asarray(render(params, volume, Ps, keys))
         for j, i in enumerate(idx):
             image = images[j]
-            bit_depth = None if args.bit_depth is None else (args.bit_depth if args.bit_depth == "float" else int(args.bit_depth))
+            bit_depth = (
+                None
+                if args.bit_depth is None
+                else (args.bit_depth if args.bit_depth == "float" else int(args.bit_depth))
+            )
             window = tuple(args.window) if args.window else _object_window(image)
             if outs[i].suffix.lower() in (".tif", ".tiff", ".npy") and bit_depth in (None, "float"):
                 jaxdrr.save_image(outs[i], image, bit_depth="float")
@@ -198,12 +289,29 @@ def run_render(args) -> int:
                 P = np.asarray(Ps[j], np.float64)
                 K, R, t = jaxdrr.geometry.decompose_projection(P)
                 jaxdrr.save_npz(
-                    npzs[i], image, P, K=K, R=R, t=t, lao=views[i][0], cran=views[i][1],
-                    isocenter=iso, sdd_mm=g.sdd_mm, sid_mm=g.sid_mm, pixel_size_mm=g.pixel_size_mm,
-                    output=config.output, detector=config.detector, photons_per_pixel=config.photons_per_pixel,
+                    npzs[i],
+                    image,
+                    P,
+                    K=K,
+                    R=R,
+                    t=t,
+                    lao=views[i][0],
+                    cran=views[i][1],
+                    isocenter=iso,
+                    sdd_mm=g.sdd_mm,
+                    sid_mm=g.sid_mm,
+                    pixel_size_mm=g.pixel_size_mm,
+                    output=config.output,
+                    detector=config.detector,
+                    photons_per_pixel=config.photons_per_pixel,
                     noise=(None if noise is None else {"readout_noise_std": noise.readout_noise_std}),
-                    spectrum=spectrum.name, kvp=args.kvp, seed=args.seed, view_index=i,
-                    ct=str(args.ct), hu_to_density=args.hu_to_density)
+                    spectrum=spectrum.name,
+                    kvp=args.kvp,
+                    seed=args.seed,
+                    view_index=i,
+                    ct=str(args.ct),
+                    hu_to_density=args.hu_to_density,
+                )
         if bar:
             bar.update(len(idx))
     if bar:
@@ -216,13 +324,25 @@ def run_render(args) -> int:
 
 def run_info(args) -> int:
     import jaxdrr
+
     volume = _load_ct(args)
     print(jaxdrr.format_volume_info(volume, name=str(args.ct)))
     return 0
 
 
+def _version_string() -> str:
+    import jax
+
+    from jaxdrr._version import __version__
+
+    return f"jaxdrr {__version__} (jax {jax.__version__}, Python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxdrr", description="Realistic, differentiable X-ray simulation from CT.")
+    parser = argparse.ArgumentParser(
+        prog="jaxdrr", description="Realistic, differentiable X-ray simulation from CT."
+    )
+    parser.add_argument("--version", action="version", version=_version_string())
     sub = parser.add_subparsers(dest="command", required=True)
     _add_render_parser(sub)
     info = sub.add_parser("info", help="print a volume's shape, spacing, HU range and world box")
@@ -250,6 +370,7 @@ def main(argv=None) -> int:
             return run_info(args)
         if args.command == "register":
             from jaxdrr.registration import cli as registration_cli
+
             return registration_cli.run(args)
     except (JaxdrrError, FileNotFoundError, ImportError) as e:
         print(f"jaxdrr {args.command}: error: {e}", file=sys.stderr)

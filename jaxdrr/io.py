@@ -38,8 +38,9 @@ import dataclasses
 import json
 import os
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +110,8 @@ def load_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         raise LoadError(
             f"cannot read {str(path)!r}: not a NIfTI file (.nii/.nii.gz) and not a readable DICOM "
             f"file ({'; '.join(reasons) or 'unknown format'}); pass a NIfTI file or a directory "
-            "with a DICOM CT series")
+            "with a DICOM CT series"
+        )
     if "PixelData" not in dataset:
         raise LoadError(f"DICOM file {str(path)!r} has no pixel data (not an image)")
     uid = series_uid if series_uid is not None else str(dataset.get("SeriesInstanceUID", ""))
@@ -143,8 +145,7 @@ def load_nifti(path: str | os.PathLike) -> Volume:
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise LoadError(
-            f"NIfTI file {str(path)!r} has shape {data.shape}; jaxdrr needs a single 3-D volume")
+        raise LoadError(f"NIfTI file {str(path)!r} has shape {data.shape}; jaxdrr needs a single 3-D volume")
     return _make_volume(data, affine, source=path)
 
 
@@ -236,22 +237,28 @@ def load_dicom_series(directory: str | os.PathLike, *, series_uid: str | None = 
         dataset = _try_read_dicom(file)
         if dataset is None or "PixelData" not in dataset:
             continue
-        by_series.setdefault(str(dataset.get("SeriesInstanceUID", "<no SeriesInstanceUID>")),
-                             []).append((file, dataset))
+        by_series.setdefault(str(dataset.get("SeriesInstanceUID", "<no SeriesInstanceUID>")), []).append(
+            (file, dataset)
+        )
     if not by_series:
         what = "is empty" if n_files == 0 else f"has {n_files} file(s) but none is a DICOM image"
-        raise LoadError(f"DICOM directory {str(directory)!r} {what}; expected a CT series "
-                        "(DICOM files with pixel data) or pass a NIfTI file")
+        raise LoadError(
+            f"DICOM directory {str(directory)!r} {what}; expected a CT series "
+            "(DICOM files with pixel data) or pass a NIfTI file"
+        )
 
     if series_uid is not None:
         if series_uid not in by_series:
-            raise LoadError(f"series_uid {series_uid!r} not found in {str(directory)!r}; "
-                            f"available series:\n{_describe_series(by_series)}")
+            raise LoadError(
+                f"series_uid {series_uid!r} not found in {str(directory)!r}; "
+                f"available series:\n{_describe_series(by_series)}"
+            )
         members = by_series[series_uid]
     elif len(by_series) > 1:
         raise LoadError(
             f"DICOM directory {str(directory)!r} holds {len(by_series)} series; choose one with "
-            f"load_volume(path, series_uid=...) (CLI: --series-uid):\n{_describe_series(by_series)}")
+            f"load_volume(path, series_uid=...) (CLI: --series-uid):\n{_describe_series(by_series)}"
+        )
     else:
         members = next(iter(by_series.values()))
 
@@ -286,27 +293,40 @@ def _describe_series(by_series: dict[str, list[tuple[Path, Any]]]) -> str:
 
 def _require(ds, keyword: str, file: Path):
     if keyword not in ds or ds.get(keyword) in (None, ""):
-        raise LoadError(f"DICOM file {str(file)!r} lacks {keyword}, needed to place the slice "
-                        "in space (is this a CT image?)")
+        raise LoadError(
+            f"DICOM file {str(file)!r} lacks {keyword}, needed to place the slice "
+            "in space (is this a CT image?)"
+        )
     return ds.get(keyword)
 
 
 def _parse_slice(file: Path, ds) -> _Slice:
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     if n_frames > 1:
-        raise LoadError(f"DICOM file {str(file)!r} is a multi-frame image ({n_frames} frames); "
-                        "only single-frame CT series are supported: convert it to NIfTI first "
-                        "(e.g. with dcm2niix)")
+        raise LoadError(
+            f"DICOM file {str(file)!r} is a multi-frame image ({n_frames} frames); "
+            "only single-frame CT series are supported: convert it to NIfTI first "
+            "(e.g. with dcm2niix)"
+        )
     orientation = np.asarray([float(v) for v in _require(ds, "ImageOrientationPatient", file)])
     position = np.asarray([float(v) for v in _require(ds, "ImagePositionPatient", file)])
     pixel_spacing = np.asarray([float(v) for v in _require(ds, "PixelSpacing", file)])
     if orientation.shape != (6,) or position.shape != (3,) or pixel_spacing.shape != (2,):
-        raise LoadError(f"DICOM file {str(file)!r} has malformed ImageOrientationPatient/"
-                        "ImagePositionPatient/PixelSpacing")
+        raise LoadError(
+            f"DICOM file {str(file)!r} has malformed ImageOrientationPatient/"
+            "ImagePositionPatient/PixelSpacing"
+        )
     if np.any(pixel_spacing <= 0):
         raise LoadError(f"DICOM file {str(file)!r} has non-positive PixelSpacing {pixel_spacing}")
-    return _Slice(file, ds, orientation, position, pixel_spacing,
-                  int(_require(ds, "Rows", file)), int(_require(ds, "Columns", file)))
+    return _Slice(
+        file,
+        ds,
+        orientation,
+        position,
+        pixel_spacing,
+        int(_require(ds, "Rows", file)),
+        int(_require(ds, "Columns", file)),
+    )
 
 
 def _check_consistent(slices: Sequence[_Slice], directory: Path) -> None:
@@ -316,22 +336,30 @@ def _check_consistent(slices: Sequence[_Slice], directory: Path) -> None:
             raise LoadError(
                 f"DICOM series in {str(directory)!r} mixes slice orientations: "
                 f"{first.path.name} has ImageOrientationPatient {first.orientation.round(5).tolist()}, "
-                f"{s.path.name} has {s.orientation.round(5).tolist()}; a volume needs parallel slices")
+                f"{s.path.name} has {s.orientation.round(5).tolist()}; a volume needs parallel slices"
+            )
         if (s.rows, s.columns) != (first.rows, first.columns):
             raise LoadError(
                 f"DICOM series in {str(directory)!r} mixes image sizes: {first.path.name} is "
                 f"{first.rows}x{first.columns} (rows x columns), {s.path.name} is "
-                f"{s.rows}x{s.columns}")
+                f"{s.rows}x{s.columns}"
+            )
         if not np.allclose(s.pixel_spacing, first.pixel_spacing, atol=PIXEL_SPACING_TOL_MM):
             raise LoadError(
                 f"DICOM series in {str(directory)!r} mixes pixel spacings: {first.path.name} has "
                 f"PixelSpacing {first.pixel_spacing.tolist()}, {s.path.name} has "
-                f"{s.pixel_spacing.tolist()}")
+                f"{s.pixel_spacing.tolist()}"
+            )
     row_cosine, column_cosine = first.orientation[:3], first.orientation[3:]
-    if (abs(np.linalg.norm(row_cosine) - 1) > 1e-3 or abs(np.linalg.norm(column_cosine) - 1) > 1e-3
-            or abs(row_cosine @ column_cosine) > 1e-3):
-        raise LoadError(f"DICOM series in {str(directory)!r} has an invalid ImageOrientationPatient "
-                        f"{first.orientation.tolist()} (direction cosines must be orthonormal)")
+    if (
+        abs(np.linalg.norm(row_cosine) - 1) > 1e-3
+        or abs(np.linalg.norm(column_cosine) - 1) > 1e-3
+        or abs(row_cosine @ column_cosine) > 1e-3
+    ):
+        raise LoadError(
+            f"DICOM series in {str(directory)!r} has an invalid ImageOrientationPatient "
+            f"{first.orientation.tolist()} (direction cosines must be orthonormal)"
+        )
 
 
 def _sort_and_check_spacing(slices: list[_Slice], directory: Path) -> tuple[list[_Slice], np.ndarray]:
@@ -343,8 +371,11 @@ def _sort_and_check_spacing(slices: list[_Slice], directory: Path) -> tuple[list
     slices = [slices[i] for i in order]
     distance = distance[order]
     if len(slices) == 1:
-        thickness = float(first.dataset.get("SpacingBetweenSlices", 0) or 0) or float(
-            first.dataset.get("SliceThickness", 0) or 0) or 1.0
+        thickness = (
+            float(first.dataset.get("SpacingBetweenSlices", 0) or 0)
+            or float(first.dataset.get("SliceThickness", 0) or 0)
+            or 1.0
+        )
         return slices, normal * abs(thickness)
 
     gaps = np.diff(distance)
@@ -355,7 +386,8 @@ def _sort_and_check_spacing(slices: list[_Slice], directory: Path) -> tuple[list
         raise LoadError(
             f"DICOM series in {str(directory)!r} has two slices at the same position "
             f"{distance[i]:.3f} mm along the normal ({slices[i].path.name}, {slices[i + 1].path.name}); "
-            "remove duplicates or choose one series")
+            "remove duplicates or choose one series"
+        )
     tolerance = max(SLICE_SPACING_ABS_TOL_MM, SLICE_SPACING_REL_TOL * median)
     bad = np.flatnonzero(np.abs(gaps - median) > tolerance)
     if bad.size:
@@ -363,15 +395,19 @@ def _sort_and_check_spacing(slices: list[_Slice], directory: Path) -> tuple[list
         if np.all(np.abs(ratios - np.round(ratios)) * median <= tolerance) and np.all(ratios > 1.5):
             where = ", ".join(
                 f"between {distance[i]:.3f} and {distance[i + 1]:.3f} mm "
-                f"({int(round(gaps[i] / median)) - 1} slice(s))" for i in bad)
+                f"({int(round(gaps[i] / median)) - 1} slice(s))"
+                for i in bad
+            )
             raise LoadError(
                 f"DICOM series in {str(directory)!r} is missing slice(s) (regular spacing "
-                f"{median:.4g} mm): gap {where}")
+                f"{median:.4g} mm): gap {where}"
+            )
         found = sorted({round(float(g), 4) for g in gaps})
         raise LoadError(
             f"DICOM series in {str(directory)!r} has non-uniform slice spacing: spacings found "
             f"{found} mm (median {median:.4g} mm, tolerance {tolerance:.3g} mm); resample the series "
-            "to uniform spacing (e.g. convert to NIfTI with resampling) before loading")
+            "to uniform spacing (e.g. convert to NIfTI with resampling) before loading"
+        )
     step = (slices[-1].position - slices[0].position) / (len(slices) - 1)
     return slices, step
 
@@ -383,10 +419,13 @@ def _slice_hu(s: _Slice) -> np.ndarray:
         syntax = getattr(getattr(s.dataset, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise LoadError(
             f"cannot decode pixel data of DICOM file {str(s.path)!r} (transfer syntax {syntax}): "
-            f"{type(exc).__name__}: {exc}; compressed series may need pylibjpeg/gdcm installed") from exc
+            f"{type(exc).__name__}: {exc}; compressed series may need pylibjpeg/gdcm installed"
+        ) from exc
     if pixels.shape != (s.rows, s.columns):
-        raise LoadError(f"DICOM file {str(s.path)!r} pixel data has shape {pixels.shape}, expected "
-                        f"(Rows, Columns) = ({s.rows}, {s.columns}) (colour or multi-frame image?)")
+        raise LoadError(
+            f"DICOM file {str(s.path)!r} pixel data has shape {pixels.shape}, expected "
+            f"(Rows, Columns) = ({s.rows}, {s.columns}) (colour or multi-frame image?)"
+        )
     slope = float(s.dataset.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(s.dataset.get("RescaleIntercept", 0.0) or 0.0)
     hu = pixels.astype(np.float64) * slope + intercept
@@ -450,7 +489,8 @@ def format_volume_info(volume_or_info: Volume | dict, name: str | None = None) -
     extent = [b - a for a, b in zip(info["world_min_mm"], info["world_max_mm"])]
     lines = [] if name is None else [str(name)]
     lines += [
-        f"  kind:        {info['kind']}" + (f" channels {list(info['channels'])}" if info["channels"] else ""),
+        f"  kind:        {info['kind']}"
+        + (f" channels {list(info['channels'])}" if info["channels"] else ""),
         f"  shape:       {vec(info['shape'], '{:d}')} voxels",
         f"  spacing:     {vec(info['spacing_mm'], '{:.4g}')} mm",
         f"  orientation: {''.join(info['orientation'])} (index axes point to, RAS+ world)",
@@ -491,8 +531,10 @@ def _check_finite(image: np.ndarray, what: str) -> None:
     bad = ~np.isfinite(image)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{what} has {int(bad.sum())} non-finite value(s) (NaN/Inf), first at "
-                         f"index {first}; refusing to write it")
+        raise ValueError(
+            f"{what} has {int(bad.sum())} non-finite value(s) (NaN/Inf), first at "
+            f"index {first}; refusing to write it"
+        )
 
 
 def _window_to_unit(image: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
@@ -514,8 +556,13 @@ def _quantise(unit: np.ndarray, bit_depth: int) -> np.ndarray:
     return np.round(unit * top).astype(dtype)
 
 
-def save_image(path: str | os.PathLike, image, *, bit_depth: int | str | None = None,
-               window: tuple[float, float] | None = None) -> Path:
+def save_image(
+    path: str | os.PathLike,
+    image,
+    *,
+    bit_depth: int | str | None = None,
+    window: tuple[float, float] | None = None,
+) -> Path:
     """Writes a 2-D image, choosing the format from the file extension (atomic write).
 
     Integer outputs (8/16 bit) store ``round(u * (2^bits - 1))`` with ``u`` in [0, 1]:
@@ -540,16 +587,23 @@ def save_image(path: str | os.PathLike, image, *, bit_depth: int | str | None = 
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    formats = {".png": (16, (8, 16)), ".tif": ("float", (8, 16, "float")),
-               ".tiff": ("float", (8, 16, "float")), ".npy": ("float", (8, 16, "float"))}
+    formats = {
+        ".png": (16, (8, 16)),
+        ".tif": ("float", (8, 16, "float")),
+        ".tiff": ("float", (8, 16, "float")),
+        ".npy": ("float", (8, 16, "float")),
+    }
     if suffix not in formats:
-        raise ValueError(f"cannot tell the image format of {str(path)!r}: use .png, .tif/.tiff or "
-                         ".npy (and save_npz for the render bundle)")
+        raise ValueError(
+            f"cannot tell the image format of {str(path)!r}: use .png, .tif/.tiff or "
+            ".npy (and save_npz for the render bundle)"
+        )
     default, allowed = formats[suffix]
     bit_depth = default if bit_depth is None else bit_depth
     if bit_depth not in allowed:
-        raise ValueError(f"bit_depth {bit_depth!r} is not supported for {suffix} files; "
-                         f"choose one of {allowed}")
+        raise ValueError(
+            f"bit_depth {bit_depth!r} is not supported for {suffix} files; choose one of {allowed}"
+        )
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"save_image expects a 2-D image [H, W], got shape {image.shape}")
@@ -622,9 +676,12 @@ def save_npz(path: str | os.PathLike, image, P, **metadata) -> Path:
         raise ValueError(f"P must be a 3x4 projection matrix (or [..., 3, 4]), got shape {P.shape}")
     _check_finite(P, "P")
 
-    arrays: dict[str, np.ndarray] = {"image": image, "P": P,
-                                     "height": np.asarray(image.shape[-2], dtype=np.int64),
-                                     "width": np.asarray(image.shape[-1], dtype=np.int64)}
+    arrays: dict[str, np.ndarray] = {
+        "image": image,
+        "P": P,
+        "height": np.asarray(image.shape[-2], dtype=np.int64),
+        "width": np.asarray(image.shape[-1], dtype=np.int64),
+    }
     json_keys = []
     for key, value in metadata.items():
         if key in _BUNDLE_KEYS or key in (_JSON_KEYS_FIELD, "file", "allow_pickle"):

@@ -20,7 +20,7 @@ material (bone -> ``"cortical_bone"``). Everything is pure ``jax.numpy`` and wor
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +86,9 @@ def hu_to_density(hu: jax.Array, method: str = DEFAULT_HU_TO_DENSITY) -> jax.Arr
     try:
         fn = HU_TO_DENSITY[method]
     except KeyError:
-        raise JaxdrrError(f"unknown HU->density method {method!r}; choose one of {sorted(HU_TO_DENSITY)}") from None
+        raise JaxdrrError(
+            f"unknown HU->density method {method!r}; choose one of {sorted(HU_TO_DENSITY)}"
+        ) from None
     return fn(hu)
 
 
@@ -101,8 +103,9 @@ def _check_thresholds(thresholds, softness_hu) -> tuple[float, float]:
     return lo, hi
 
 
-def decompose(hu: jax.Array, thresholds=DEFAULT_THRESHOLDS_HU,
-              softness_hu: float = DEFAULT_SOFTNESS_HU) -> jax.Array:
+def decompose(
+    hu: jax.Array, thresholds=DEFAULT_THRESHOLDS_HU, softness_hu: float = DEFAULT_SOFTNESS_HU
+) -> jax.Array:
     """Soft-threshold decomposition into (air, soft tissue, bone) fractions.
 
     With logistic steps ``s_k = sigmoid((HU - t_k) / softness)``: air = 1 - s_1,
@@ -129,9 +132,12 @@ def decompose(hu: jax.Array, thresholds=DEFAULT_THRESHOLDS_HU,
     return jnp.stack([1.0 - above_lo, above_lo - above_hi, above_hi])
 
 
-def density_channels(hu: jax.Array, method: str = DEFAULT_HU_TO_DENSITY,
-                     thresholds=DEFAULT_THRESHOLDS_HU,
-                     softness_hu: float = DEFAULT_SOFTNESS_HU) -> jax.Array:
+def density_channels(
+    hu: jax.Array,
+    method: str = DEFAULT_HU_TO_DENSITY,
+    thresholds=DEFAULT_THRESHOLDS_HU,
+    softness_hu: float = DEFAULT_SOFTNESS_HU,
+) -> jax.Array:
     """Per-material density channels: density(HU) times the material fractions.
 
     Args:
@@ -169,17 +175,22 @@ class MaterialConfig:
         if len(self.names) != len(self.table_names):
             raise JaxdrrError(f"{len(self.names)} channel names but {len(self.table_names)} table names")
         if len(self.names) != 3:
-            raise JaxdrrError("the threshold decomposition defines exactly 3 channels "
-                              f"(air, soft tissue, bone); got {self.names}")
+            raise JaxdrrError(
+                "the threshold decomposition defines exactly 3 channels "
+                f"(air, soft tissue, bone); got {self.names}"
+            )
         if self.hu_to_density not in HU_TO_DENSITY:
-            raise JaxdrrError(f"unknown HU->density method {self.hu_to_density!r}; "
-                              f"choose one of {sorted(HU_TO_DENSITY)}")
+            raise JaxdrrError(
+                f"unknown HU->density method {self.hu_to_density!r}; choose one of {sorted(HU_TO_DENSITY)}"
+            )
         _check_thresholds(self.thresholds_hu, self.softness_hu)
         from jaxdrr.physics.attenuation import available_materials
+
         unknown = [n for n in self.table_names if n not in available_materials()]
         if unknown:
-            raise JaxdrrError(f"unknown attenuation-table materials {unknown}; "
-                              f"valid: {', '.join(available_materials())}")
+            raise JaxdrrError(
+                f"unknown attenuation-table materials {unknown}; valid: {', '.join(available_materials())}"
+            )
         object.__setattr__(self, "thresholds_hu", tuple(float(t) for t in self.thresholds_hu))
 
     def density_channels(self, hu: jax.Array) -> jax.Array:
@@ -189,4 +200,5 @@ class MaterialConfig:
     def mass_attenuation(self, energies) -> np.ndarray:
         """mu/rho [M, E] (cm^2/g) of the channels' table materials at energies (keV)."""
         from jaxdrr.physics.attenuation import mass_attenuation
+
         return mass_attenuation(self.table_names, energies)

@@ -165,7 +165,9 @@ class NoiseConfig:
 
 def _check_detector(detector: str) -> None:
     if detector not in DETECTORS:
-        raise JaxdrrError(f"detector must be one of {DETECTORS} ('ei' energy integrating, 'pc' photon counting), got {detector!r}")
+        raise JaxdrrError(
+            f"detector must be one of {DETECTORS} ('ei' energy integrating, 'pc' photon counting), got {detector!r}"
+        )
 
 
 def _check_moments(*moments: Any) -> None:
@@ -399,9 +401,9 @@ def noisy_signal(
         signal = signal + quantum
     if use_readout:
         scale = _readout_scale(config, detector, e_mean0, signal.dtype)
-        signal = signal + readout_noise(key_readout, signal.shape, scale, config.readout_row_correlation).astype(
-            signal.dtype
-        )
+        signal = signal + readout_noise(
+            key_readout, signal.shape, scale, config.readout_row_correlation
+        ).astype(signal.dtype)
     return signal
 
 

@@ -36,7 +36,7 @@ whole line unless ``t_min``/``t_max`` say otherwise.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -138,7 +138,7 @@ class Shape:
         """Half-size [3] of the world axis-aligned box that tightly encloses the shape."""
         scaled_axes = self.rotation * self.semi_axes  # column m = local axis m times its semi-axis
         if self.kind == "ellipsoid":
-            return np.sqrt(np.sum(scaled_axes ** 2, axis=1))
+            return np.sqrt(np.sum(scaled_axes**2, axis=1))
         return np.sqrt(scaled_axes[:, 0] ** 2 + scaled_axes[:, 1] ** 2) + np.abs(scaled_axes[:, 2])
 
     def ray_interval(self, origin, direction):
@@ -146,15 +146,23 @@ class Shape:
         return shape_ray_interval(self, origin, direction)
 
 
-def ellipsoid(center, semi_axes, value: float, rotation=None, mode: str = "replace",
-              name: str = "") -> Shape:
+def ellipsoid(center, semi_axes, value: float, rotation=None, mode: str = "replace", name: str = "") -> Shape:
     """An ellipsoid Shape (``rotation`` defaults to the identity)."""
-    return Shape("ellipsoid", center, semi_axes, np.eye(3) if rotation is None else rotation,
-                 value, mode, name)
+    return Shape(
+        "ellipsoid", center, semi_axes, np.eye(3) if rotation is None else rotation, value, mode, name
+    )
 
 
-def cylinder(center, radii, half_length: float, value: float, rotation=None, axis=None,
-             mode: str = "replace", name: str = "") -> Shape:
+def cylinder(
+    center,
+    radii,
+    half_length: float,
+    value: float,
+    rotation=None,
+    axis=None,
+    mode: str = "replace",
+    name: str = "",
+) -> Shape:
     """A finite elliptic cylinder Shape.
 
     Args:
@@ -360,8 +368,9 @@ def _paint(field: np.ndarray, shape: Shape, inside: np.ndarray) -> np.ndarray:
     return field + np.where(inside, shape.value, 0.0)
 
 
-def paint_points(shapes: Sequence[Shape], points, background: float = HU_AIR,
-                 clip: tuple[float, float] | None = HU_CLIP) -> np.ndarray:
+def paint_points(
+    shapes: Sequence[Shape], points, background: float = HU_AIR, clip: tuple[float, float] | None = HU_CLIP
+) -> np.ndarray:
     """The painted HU field at world points (the phantom's definition, see the module docstring).
 
     Args:
@@ -388,12 +397,18 @@ def _hu_plus_1000(hu):
     return hu + 1000.0
 
 
-def phantom_line_integral(shapes: Sequence[Shape], origin, direction,
-                          value_fn: Callable[[np.ndarray], np.ndarray] | None = None, *,
-                          background: float = HU_AIR,
-                          clip: tuple[float, float] | None = HU_CLIP,
-                          t_min: float = -np.inf, t_max: float = np.inf,
-                          box: tuple | None = None) -> np.ndarray:
+def phantom_line_integral(
+    shapes: Sequence[Shape],
+    origin,
+    direction,
+    value_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    *,
+    background: float = HU_AIR,
+    clip: tuple[float, float] | None = HU_CLIP,
+    t_min: float = -np.inf,
+    t_max: float = np.inf,
+    box: tuple | None = None,
+) -> np.ndarray:
     """Exact integral of ``value_fn(painted HU)`` along rays through a shape list.
 
     Because painting makes the field piecewise constant along a line, the integral is computed
@@ -432,12 +447,16 @@ def phantom_line_integral(shapes: Sequence[Shape], origin, direction,
         box_enter, box_exit, box_hit = box_ray_interval(box[0], box[1], origin, direction)
         lo = np.where(box_hit, np.maximum(lo, box_enter), 0.0)
         hi = np.where(box_hit, np.minimum(hi, box_exit), 0.0)
-    background_value = float(np.asarray(value_fn(np.asarray(
-        background if clip is None else np.clip(background, *clip), dtype=np.float64))))
+    background_value = float(
+        np.asarray(
+            value_fn(np.asarray(background if clip is None else np.clip(background, *clip), dtype=np.float64))
+        )
+    )
     if background_value != 0.0 and not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
         raise ValueError(
             f"value_fn(background) = {background_value} != 0 over an unbounded ray: give t_min/t_max "
-            "or box so the integral is finite")
+            "or box so the integral is finite"
+        )
 
     if shapes:
         intervals = [shape_ray_interval(s, origin, direction) for s in shapes]
@@ -459,16 +478,17 @@ def phantom_line_integral(shapes: Sequence[Shape], origin, direction,
         hi = np.where(np.isfinite(hi), hi, 0.0)
     hi = np.maximum(hi, lo)
 
-    breaks = np.concatenate([np.where(hit, enter, lo[:, None]), np.where(hit, exit_, lo[:, None]),
-                             lo[:, None], hi[:, None]], axis=1)
+    breaks = np.concatenate(
+        [np.where(hit, enter, lo[:, None]), np.where(hit, exit_, lo[:, None]), lo[:, None], hi[:, None]],
+        axis=1,
+    )
     breaks = np.sort(np.clip(breaks, lo[:, None], hi[:, None]), axis=1)
     lengths = np.diff(breaks, axis=1)  # [N, B - 1]
     mids = 0.5 * (breaks[:, 1:] + breaks[:, :-1])
 
     field = np.full(mids.shape, float(background))
     for s_index, shape in enumerate(shapes):
-        inside = (hit[:, s_index, None] & (mids >= enter[:, s_index, None])
-                  & (mids <= exit_[:, s_index, None]))
+        inside = hit[:, s_index, None] & (mids >= enter[:, s_index, None]) & (mids <= exit_[:, s_index, None])
         field = _paint(field, shape, inside)
     if clip is not None:
         field = np.clip(field, *clip)
@@ -536,10 +556,16 @@ def _classify(shape: Shape, u, half_diagonal: float):
     return inside, ~(surely_inside | surely_outside)
 
 
-def voxelize(shapes: Sequence[Shape], shape: Sequence[int], spacing: Sequence[float], *,
-             background: float = HU_AIR, supersample: int = 2,
-             clip: tuple[float, float] | None = HU_CLIP,
-             chunk_voxels: int = 131072) -> np.ndarray:
+def voxelize(
+    shapes: Sequence[Shape],
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    *,
+    background: float = HU_AIR,
+    supersample: int = 2,
+    clip: tuple[float, float] | None = HU_CLIP,
+    chunk_voxels: int = 131072,
+) -> np.ndarray:
     """Renders painted shapes on a grid centred at the origin (see :func:`centered_affine`).
 
     Each voxel value is the mean of the painted field at ``supersample^3`` sub-voxel points at
@@ -598,13 +624,15 @@ def voxelize(shapes: Sequence[Shape], shape: Sequence[int], spacing: Sequence[fl
     if supersample == 1:
         return field
 
-    offsets_1d = ((np.arange(supersample) + 0.5) / supersample - 0.5)
-    offsets = np.stack(np.meshgrid(offsets_1d, offsets_1d, offsets_1d, indexing="ij"),
-                       axis=-1).reshape(-1, 3) * spacing  # [s^3, 3] mm
+    offsets_1d = (np.arange(supersample) + 0.5) / supersample - 0.5
+    offsets = (
+        np.stack(np.meshgrid(offsets_1d, offsets_1d, offsets_1d, indexing="ij"), axis=-1).reshape(-1, 3)
+        * spacing
+    )  # [s^3, 3] mm
     boundary_index = np.nonzero(needs_supersampling)
     n_boundary = boundary_index[0].size
     for begin in range(0, n_boundary, chunk_voxels):
-        idx = tuple(a[begin:begin + chunk_voxels] for a in boundary_index)
+        idx = tuple(a[begin : begin + chunk_voxels] for a in boundary_index)
         centres = np.stack([axes[a][idx[a]] for a in range(3)], axis=-1)  # [V, 3]
         samples = np.full((centres.shape[0], offsets.shape[0]), float(background))
         for s, index_ranges in zip(shapes, boxes):
@@ -626,13 +654,22 @@ def voxelize(shapes: Sequence[Shape], shape: Sequence[int], spacing: Sequence[fl
 # --------------------------------------------------------------------------------------------------
 
 
-def _shelled(kind: str, center, semi_axes, rotation, cortical_hu: float, interior_hu: float,
-             thickness: float, name: str) -> list[Shape]:
+def _shelled(
+    kind: str,
+    center,
+    semi_axes,
+    rotation,
+    cortical_hu: float,
+    interior_hu: float,
+    thickness: float,
+    name: str,
+) -> list[Shape]:
     """A bone: a cortical solid followed by a smaller interior that replaces it (leaving a shell)."""
     semi_axes = np.asarray(semi_axes, dtype=np.float64)
-    return [Shape(kind, center, semi_axes, rotation, cortical_hu, "replace", f"{name} cortex"),
-            Shape(kind, center, semi_axes - thickness, rotation, interior_hu, "replace",
-                  f"{name} interior")]
+    return [
+        Shape(kind, center, semi_axes, rotation, cortical_hu, "replace", f"{name} cortex"),
+        Shape(kind, center, semi_axes - thickness, rotation, interior_hu, "replace", f"{name} interior"),
+    ]
 
 
 def _mirror(center, sign: float) -> np.ndarray:
@@ -680,11 +717,11 @@ def pelvis_shapes(screw: bool = True, bowel_gas: bool = True) -> list[Shape]:
     ]
     if bowel_gas:
         shapes += [
-            ellipsoid((45, 55, 70), (26, 14, 12), HU_AIR, rotation_matrix((0, 0, 1), 20),
-                      name="bowel gas 1"),
+            ellipsoid((45, 55, 70), (26, 14, 12), HU_AIR, rotation_matrix((0, 0, 1), 20), name="bowel gas 1"),
             ellipsoid((-52, 40, 88), (18, 12, 10), HU_AIR, name="bowel gas 2"),
-            ellipsoid((12, 38, 100), (20, 10, 8), HU_AIR, rotation_matrix((0, 0, 1), -35),
-                      name="bowel gas 3"),
+            ellipsoid(
+                (12, 38, 100), (20, 10, 8), HU_AIR, rotation_matrix((0, 0, 1), -35), name="bowel gas 3"
+            ),
             ellipsoid((-30, 72, 40), (12, 8, 8), HU_AIR, name="bowel gas 4"),
         ]
 
@@ -694,15 +731,20 @@ def pelvis_shapes(screw: bool = True, bowel_gas: bool = True) -> list[Shape]:
     shapes += [cylinder((0, -72, 30), (9, 6), 32, 15, rotation=sacral_tilt, name="sacral canal")]
 
     # L5 vertebra with discs.
-    shapes += [cylinder((0, -35, 61), (24, 18), 4.5, 90, name="L5-S1 disc"),
-               cylinder((0, -35, 99), (24, 18), 4.5, 90, name="L4-L5 disc")]
+    shapes += [
+        cylinder((0, -35, 61), (24, 18), 4.5, 90, name="L5-S1 disc"),
+        cylinder((0, -35, 99), (24, 18), 4.5, 90, name="L4-L5 disc"),
+    ]
     shapes += _shelled("cylinder", (0, -35, 80), (25, 19, 14.5), eye, 1100, 230, 2.0, "L5 body")
-    shapes += [ellipsoid((0, -35, 80), (12, 9, 8), -60, mode="add", name="L5 low-density core"),
-               ellipsoid((0, -70, 80), (32, 18, 12), 700, name="L5 posterior arch"),
-               ellipsoid((0, -92, 78), (6, 16, 10), 800, name="L5 spinous process"),
-               cylinder((0, -66, 80), (11, 9), 20, 15, name="spinal canal")]
+    shapes += [
+        ellipsoid((0, -35, 80), (12, 9, 8), -60, mode="add", name="L5 low-density core"),
+        ellipsoid((0, -70, 80), (32, 18, 12), 700, name="L5 posterior arch"),
+        ellipsoid((0, -92, 78), (6, 16, 10), 800, name="L5 spinous process"),
+        cylinder((0, -66, 80), (11, 9), 20, 15, name="spinal canal"),
+    ]
 
     for sign, side in ((1.0, "right"), (-1.0, "left")):
+
         def place(center, rotation=eye):
             return _mirror(center, sign), _mirror_rotation(np.asarray(rotation, np.float64), sign)
 
@@ -720,24 +762,40 @@ def pelvis_shapes(screw: bool = True, bowel_gas: bool = True) -> list[Shape]:
 
         symphysis, acetabulum = np.array([8, 72, -58]), np.array([95, 10, -45])
         c, r = place((symphysis + acetabulum) / 2, rotation_from_axis(acetabulum - symphysis, 0))
-        shapes += _shelled("ellipsoid", c, (np.linalg.norm(acetabulum - symphysis) / 2, 9, 10), r,
-                           1200, 250, 2.0, f"{side} superior pubic ramus")
+        shapes += _shelled(
+            "ellipsoid",
+            c,
+            (np.linalg.norm(acetabulum - symphysis) / 2, 9, 10),
+            r,
+            1200,
+            250,
+            2.0,
+            f"{side} superior pubic ramus",
+        )
         ischium_low = np.array([72, -5, -98])
         inferior_start = np.array([8, 70, -76])
-        c, r = place((inferior_start + ischium_low) / 2,
-                     rotation_from_axis(ischium_low - inferior_start, 0))
-        shapes += _shelled("ellipsoid", c, (np.linalg.norm(ischium_low - inferior_start) / 2, 8, 8),
-                           r, 1200, 250, 2.0, f"{side} inferior pubic ramus")
+        c, r = place((inferior_start + ischium_low) / 2, rotation_from_axis(ischium_low - inferior_start, 0))
+        shapes += _shelled(
+            "ellipsoid",
+            c,
+            (np.linalg.norm(ischium_low - inferior_start) / 2, 8, 8),
+            r,
+            1200,
+            250,
+            2.0,
+            f"{side} inferior pubic ramus",
+        )
 
         c, r = place(acetabulum)
-        shapes += [ellipsoid(c, (30, 30, 30), 1300, r, name=f"{side} acetabulum"),
-                   ellipsoid(c, (25.5, 25.5, 25.5), 60, r, name=f"{side} hip joint space")]
+        shapes += [
+            ellipsoid(c, (30, 30, 30), 1300, r, name=f"{side} acetabulum"),
+            ellipsoid(c, (25.5, 25.5, 25.5), 60, r, name=f"{side} hip joint space"),
+        ]
 
         c, r = place((128, 8, -95))
         shapes += _shelled("cylinder", c, (14, 14, 17), r, 1600, 20, 5.0, f"{side} femoral shaft")
         c, r = place((133, 2, -70))
-        shapes += _shelled("ellipsoid", c, (16, 18, 18), r, 1000, 250, 2.0,
-                           f"{side} greater trochanter")
+        shapes += _shelled("ellipsoid", c, (16, 18, 18), r, 1000, 250, 2.0, f"{side} greater trochanter")
         neck_axis = np.array([1.0, 0.15, -1.0]) / np.linalg.norm([1.0, 0.15, -1.0])
         c, r = place(acetabulum + 28 * neck_axis, rotation_from_axis(neck_axis))
         shapes += _shelled("cylinder", c, (13, 13, 22), r, 1200, 280, 2.5, f"{side} femoral neck")
@@ -751,17 +809,23 @@ def pelvis_shapes(screw: bool = True, bowel_gas: bool = True) -> list[Shape]:
         entry = np.array([100.0, -55.0, 30.0])
         screw_axis = np.array([-1.0, 0.0, 0.05]) / np.linalg.norm([-1.0, 0.0, 0.05])
         rotation = rotation_from_axis(screw_axis)
-        shapes += [cylinder(entry + 30 * screw_axis, (3.25, 3.25), 30, HU_CLIP[1], rotation,
-                            name="screw shaft"),
-                   cylinder(entry - 2.5 * screw_axis, (6.5, 6.5), 2.5, HU_CLIP[1], rotation,
-                            name="screw head")]
+        shapes += [
+            cylinder(entry + 30 * screw_axis, (3.25, 3.25), 30, HU_CLIP[1], rotation, name="screw shaft"),
+            cylinder(entry - 2.5 * screw_axis, (6.5, 6.5), 2.5, HU_CLIP[1], rotation, name="screw head"),
+        ]
     return shapes
 
 
-def phantom(shape: Sequence[int] = (128, 128, 96), spacing: Sequence[float] | None = None,
-            fov_mm: Sequence[float] = (380.0, 300.0, 240.0), screw: bool = True,
-            supersample: int = 2, *, bowel_gas: bool = True,
-            shapes: Sequence[Shape] | None = None) -> Volume:
+def phantom(
+    shape: Sequence[int] = (128, 128, 96),
+    spacing: Sequence[float] | None = None,
+    fov_mm: Sequence[float] = (380.0, 300.0, 240.0),
+    screw: bool = True,
+    supersample: int = 2,
+    *,
+    bowel_gas: bool = True,
+    shapes: Sequence[Shape] | None = None,
+) -> Volume:
     """The pelvis-like analytic phantom as a HU :class:`Volume`.
 
     Args:
@@ -822,9 +886,17 @@ def uniform_box_line_integral(volume: Volume, value: float, origin, direction) -
     return float(value) * box_chord_length(lo, hi, origin, direction)
 
 
-def ellipsoid_volume(shape: Sequence[int], spacing, semi_axes, *, center=(0.0, 0.0, 0.0),
-                     rotation=None, value: float = 1.0, background: float = 0.0,
-                     supersample: int = 4) -> Volume:
+def ellipsoid_volume(
+    shape: Sequence[int],
+    spacing,
+    semi_axes,
+    *,
+    center=(0.0, 0.0, 0.0),
+    rotation=None,
+    value: float = 1.0,
+    background: float = 0.0,
+    supersample: int = 4,
+) -> Volume:
     """A voxelised solid ellipsoid (mean of ``supersample^3`` samples per edge voxel).
 
     The exact integral of the *analytic* ellipsoid with background 0 is
@@ -840,26 +912,43 @@ def ellipsoid_volume(shape: Sequence[int], spacing, semi_axes, *, center=(0.0, 0
       A ``Volume`` centred at the origin (values not clipped).
     """
     s = ellipsoid(center, semi_axes, value, rotation=rotation)
-    data = voxelize([s], shape, _grid_spacing(spacing), background=background,
-                    supersample=supersample, clip=None)
+    data = voxelize(
+        [s], shape, _grid_spacing(spacing), background=background, supersample=supersample, clip=None
+    )
     return Volume.create(data, centered_affine(shape, _grid_spacing(spacing)), kind="hu")
 
 
-def ellipsoid_line_integral(origin, direction, semi_axes, *, center=(0.0, 0.0, 0.0),
-                            rotation=None, value: float = 1.0) -> np.ndarray:
+def ellipsoid_line_integral(
+    origin, direction, semi_axes, *, center=(0.0, 0.0, 0.0), rotation=None, value: float = 1.0
+) -> np.ndarray:
     """Exact ``value x chord length`` of the analytic ellipsoid (background 0) along lines."""
     return float(value) * ellipsoid_chord_length(center, semi_axes, rotation, origin, direction)
 
 
-def sphere_volume(shape: Sequence[int], spacing, radius: float, *, center=(0.0, 0.0, 0.0),
-                  value: float = 1.0, background: float = 0.0, supersample: int = 4) -> Volume:
+def sphere_volume(
+    shape: Sequence[int],
+    spacing,
+    radius: float,
+    *,
+    center=(0.0, 0.0, 0.0),
+    value: float = 1.0,
+    background: float = 0.0,
+    supersample: int = 4,
+) -> Volume:
     """A voxelised solid sphere; see :func:`ellipsoid_volume` for the discretisation caveat."""
-    return ellipsoid_volume(shape, spacing, (radius, radius, radius), center=center, value=value,
-                            background=background, supersample=supersample)
+    return ellipsoid_volume(
+        shape,
+        spacing,
+        (radius, radius, radius),
+        center=center,
+        value=value,
+        background=background,
+        supersample=supersample,
+    )
 
 
-def sphere_line_integral(origin, direction, radius: float, *, center=(0.0, 0.0, 0.0),
-                         value: float = 1.0) -> np.ndarray:
+def sphere_line_integral(
+    origin, direction, radius: float, *, center=(0.0, 0.0, 0.0), value: float = 1.0
+) -> np.ndarray:
     """Exact ``value x chord length`` of the analytic sphere (background 0) along lines."""
-    return ellipsoid_line_integral(origin, direction, (radius, radius, radius), center=center,
-                                   value=value)
+    return ellipsoid_line_integral(origin, direction, (radius, radius, radius), center=center, value=value)

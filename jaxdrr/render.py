@@ -19,7 +19,7 @@ crosstalk, readout) -> output conversion. Scatter is not modelled yet: images ar
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Protocol
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +40,7 @@ MM_PER_CM = 10.0
 
 
 class Renderer(Protocol):
-    def __call__(self, params: dict, volume: Volume, P: jax.Array, key: jax.Array | None
-                 ) -> jax.Array: ...
+    def __call__(self, params: dict, volume: Volume, P: jax.Array, key: jax.Array | None) -> jax.Array: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,10 +96,11 @@ class RenderConfig:
         if not (np.isfinite(self.photons_per_pixel) and self.photons_per_pixel > 0):
             raise JaxdrrError(f"photons_per_pixel must be > 0, got {self.photons_per_pixel}")
         if self.noise is not None and self.noise.photons_per_pixel != self.photons_per_pixel:
-            object.__setattr__(self, "noise", dataclasses.replace(
-                self.noise, photons_per_pixel=self.photons_per_pixel))
+            object.__setattr__(
+                self, "noise", dataclasses.replace(self.noise, photons_per_pixel=self.photons_per_pixel)
+            )
 
-    def replace(self, **changes) -> "RenderConfig":
+    def replace(self, **changes) -> RenderConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -110,8 +110,9 @@ def default_spectrum(kvp: int = 120) -> spectra_lib.Spectrum:
     return spectra_lib.rebin(spectra_lib.ipem78(kvp))
 
 
-def default_params(config: RenderConfig | None = None,
-                   spectrum: spectra_lib.Spectrum | None = None) -> dict[str, jax.Array]:
+def default_params(
+    config: RenderConfig | None = None, spectrum: spectra_lib.Spectrum | None = None
+) -> dict[str, jax.Array]:
     """Physics tables as a pytree: ``{"energies", "spectrum", "mu_rho"}``.
 
     Args:
@@ -130,28 +131,42 @@ def default_params(config: RenderConfig | None = None,
     energies, weights = energies[keep], weights[keep] / weights[keep].sum()
     mu_rho = config.materials.mass_attenuation(energies)
     dtype = jnp.result_type(float)
-    return {"energies": jnp.asarray(energies, dtype), "spectrum": jnp.asarray(weights, dtype),
-            "mu_rho": jnp.asarray(mu_rho, dtype)}
+    return {
+        "energies": jnp.asarray(energies, dtype),
+        "spectrum": jnp.asarray(weights, dtype),
+        "mu_rho": jnp.asarray(mu_rho, dtype),
+    }
 
 
 def material_densities(volume: Volume, materials: MaterialConfig) -> jax.Array:
     """[M, I, J, K] densities (g/cm^3) of a volume: decomposed from HU, or as given."""
     if not isinstance(volume, Volume):
-        raise VolumeError(f"expected a jaxdrr.Volume, got {type(volume).__name__}; build one with "
-                          "jaxdrr.load_volume, jaxdrr.phantom or Volume.create(data, affine)")
+        raise VolumeError(
+            f"expected a jaxdrr.Volume, got {type(volume).__name__}; build one with "
+            "jaxdrr.load_volume, jaxdrr.phantom or Volume.create(data, affine)"
+        )
     if volume.kind == "hu":
         return materials.density_channels(volume.data)
     if volume.data.shape[0] != len(materials.names):
-        raise VolumeError(f"density volume has {volume.data.shape[0]} channels but the material "
-                          f"model has {len(materials.names)} ({', '.join(materials.names)})")
+        raise VolumeError(
+            f"density volume has {volume.data.shape[0]} channels but the material "
+            f"model has {len(materials.names)} ({', '.join(materials.names)})"
+        )
     return volume.data
 
 
 def line_integrals(config: RenderConfig, volume: Volume, P) -> jax.Array:
     """Per-material line integrals [H, W, M] in g/cm^2."""
     densities = material_densities(volume, config.materials)
-    L = project(densities, volume.affine, P, config.height, config.width,
-                step_mm=config.step_mm, backend=config.backend)
+    L = project(
+        densities,
+        volume.affine,
+        P,
+        config.height,
+        config.width,
+        step_mm=config.step_mm,
+        backend=config.backend,
+    )
     return L / MM_PER_CM
 
 
@@ -163,9 +178,16 @@ def image_from_line_integrals(config: RenderConfig, params, L, key) -> jax.Array
     m = spectral.detector_moments(L, mu_rho, energies, weights)
     e_mean0 = jnp.sum(weights * energies) / jnp.sum(weights)
     n0 = config.photons_per_pixel
-    signal = noise_lib.noisy_signal(key, m.m0 / jnp.sum(weights), m.m1 / jnp.sum(weights),
-                                    m.m2 / jnp.sum(weights), config.noise, config.detector,
-                                    e_mean0=e_mean0, photons_per_pixel=n0)
+    signal = noise_lib.noisy_signal(
+        key,
+        m.m0 / jnp.sum(weights),
+        m.m1 / jnp.sum(weights),
+        m.m2 / jnp.sum(weights),
+        config.noise,
+        config.detector,
+        e_mean0=e_mean0,
+        photons_per_pixel=n0,
+    )
     per_photon = e_mean0 if config.detector == "ei" else 1.0
     if config.output == "intensity":
         return signal
@@ -195,8 +217,9 @@ def make_renderer(config: RenderConfig | None = None) -> Renderer:
     return render
 
 
-def render(volume: Volume, P, *, config: RenderConfig | None = None, params=None, key=None,
-           jit: bool = True) -> jax.Array:
+def render(
+    volume: Volume, P, *, config: RenderConfig | None = None, params=None, key=None, jit: bool = True
+) -> jax.Array:
     """Convenience one-shot render with default params (see :func:`make_renderer` for the pure form)."""
     config = config or RenderConfig()
     params = params if params is not None else default_params(config)

@@ -60,8 +60,9 @@ def _moments_block(L, mu_rho, energies, weights):
     return jnp.dot(attenuation, per_energy, precision=lax.Precision.HIGHEST)  # [B, 3]
 
 
-def detector_moments(line_integrals_g_cm2: jax.Array, mu_rho, energies, weights,
-                     energy_chunk: int | None = None) -> DetectorMoments:
+def detector_moments(
+    line_integrals_g_cm2: jax.Array, mu_rho, energies, weights, energy_chunk: int | None = None
+) -> DetectorMoments:
     """Spectral Beer-Lambert moments m0, m1, m2 per pixel.
 
     Args:
@@ -140,8 +141,14 @@ def transmission(moments: DetectorMoments, energies, weights, detector: str = "e
     raise JaxdrrError(f"detector must be one of {DETECTOR_KINDS}, got {detector!r}")
 
 
-def spectral_transmission(line_integrals_g_cm2: jax.Array, mu_rho, energies, weights,
-                          detector: str = "ei", energy_chunk: int | None = None) -> jax.Array:
+def spectral_transmission(
+    line_integrals_g_cm2: jax.Array,
+    mu_rho,
+    energies,
+    weights,
+    detector: str = "ei",
+    energy_chunk: int | None = None,
+) -> jax.Array:
     """Shortcut: :func:`transmission` of :func:`detector_moments` (same arguments)."""
     moments = detector_moments(line_integrals_g_cm2, mu_rho, energies, weights, energy_chunk)
     return transmission(moments, energies, weights, detector)
@@ -157,7 +164,7 @@ def swank_factor(moments: DetectorMoments) -> jax.Array:
     """Swank factor m1^2 / (m0 m2) of an energy-integrating detector (1 for a monoenergetic beam)."""
     denom = moments.m0 * moments.m2
     safe = jnp.where(denom > 0, denom, 1.0)
-    return jnp.where(denom > 0, moments.m1 ** 2 / safe, 1.0)
+    return jnp.where(denom > 0, moments.m1**2 / safe, 1.0)
 
 
 def log_transmission(transmission_: jax.Array, floor: float = 1e-12) -> jax.Array:
@@ -165,6 +172,14 @@ def log_transmission(transmission_: jax.Array, floor: float = 1e-12) -> jax.Arra
     return -jnp.log(jnp.maximum(transmission_, floor))
 
 
-__all__ = ["DETECTOR_KINDS", "DetectorMoments", "auto_energy_chunk", "detector_moments",
-           "transmission", "spectral_transmission", "mean_energy", "swank_factor", "log_transmission"]
-
+__all__ = [
+    "DETECTOR_KINDS",
+    "DetectorMoments",
+    "auto_energy_chunk",
+    "detector_moments",
+    "transmission",
+    "spectral_transmission",
+    "mean_energy",
+    "swank_factor",
+    "log_transmission",
+]

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdrr._compat import is_tracer
 from jaxdrr.errors import VolumeError
 
 VOLUME_KINDS = ("hu", "density")
@@ -57,7 +58,7 @@ class Volume:
     channel_names: tuple[str, ...] = ()
 
     @classmethod
-    def create(cls, data, affine, kind: str = "hu", channel_names=(), check: bool = True) -> "Volume":
+    def create(cls, data, affine, kind: str = "hu", channel_names=(), check: bool = True) -> Volume:
         """Builds a Volume, validating shape, kind, affine and (for concrete data) finiteness.
 
         Args:
@@ -77,23 +78,25 @@ class Volume:
         if ndim != expected_ndim:
             raise VolumeError(
                 f"a {kind!r} volume must have {expected_ndim} dimensions "
-                f"({'[I, J, K]' if kind == 'hu' else '[C, I, J, K]'}), got shape {np.shape(data)}")
+                f"({'[I, J, K]' if kind == 'hu' else '[C, I, J, K]'}), got shape {np.shape(data)}"
+            )
         if min(np.shape(data)) < 1:
             raise VolumeError(f"volume has an empty axis: shape {np.shape(data)}")
         if kind == "density" and channel_names and len(channel_names) != np.shape(data)[0]:
-            raise VolumeError(
-                f"{len(channel_names)} channel names for {np.shape(data)[0]} channels")
-        if check and not isinstance(data, jax.core.Tracer):
+            raise VolumeError(f"{len(channel_names)} channel names for {np.shape(data)[0]} channels")
+        if check and not is_tracer(data):
             arr = np.asarray(data)
             bad = ~np.isfinite(arr)
             if bad.any():
                 idx = tuple(int(i) for i in np.argwhere(bad)[0])
                 raise VolumeError(
-                    f"volume has {int(bad.sum())} non-finite voxel(s) (NaN/Inf), first at index {idx}")
-        if not isinstance(data, jax.core.Tracer):
+                    f"volume has {int(bad.sum())} non-finite voxel(s) (NaN/Inf), first at index {idx}"
+                )
+        if not is_tracer(data):
             data = jnp.asarray(data, dtype=jnp.result_type(float))
-        return cls(data=data, affine_key=_as_static_affine(affine), kind=kind,
-                   channel_names=tuple(channel_names))
+        return cls(
+            data=data, affine_key=_as_static_affine(affine), kind=kind, channel_names=tuple(channel_names)
+        )
 
     @property
     def affine(self) -> np.ndarray:
@@ -123,7 +126,7 @@ class Volume:
         world = corners @ self.affine[:3, :3].T + self.affine[:3, 3]
         return world.min(axis=0), world.max(axis=0)
 
-    def replace(self, **changes) -> "Volume":
+    def replace(self, **changes) -> Volume:
         return dataclasses.replace(self, **changes)
 
     def tree_flatten(self):
@@ -134,5 +137,7 @@ class Volume:
         return cls(children[0], *aux)
 
     def __repr__(self) -> str:
-        return (f"Volume(kind={self.kind!r}, shape={tuple(self.data.shape)}, "
-                f"spacing={np.round(self.spacing, 4).tolist()}, channels={self.channel_names})")
+        return (
+            f"Volume(kind={self.kind!r}, shape={tuple(self.data.shape)}, "
+            f"spacing={np.round(self.spacing, 4).tolist()}, channels={self.channel_names})"
+        )

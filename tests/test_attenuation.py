@@ -2,13 +2,18 @@
 
 import numpy as np
 import pytest
-
 import xraydb  # noqa: E402  (test dependency: the independent reference)
 
 from jaxdrr.errors import JaxdrrError
 from jaxdrr.physics import attenuation, compositions
-from jaxdrr.physics.attenuation import (EnergyRangeError, air_mass_energy_absorption, available_materials,
-                                        linear_attenuation, load_table, mass_attenuation)
+from jaxdrr.physics.attenuation import (
+    EnergyRangeError,
+    air_mass_energy_absorption,
+    available_materials,
+    linear_attenuation,
+    load_table,
+    mass_attenuation,
+)
 from jaxdrr.physics.compositions import COMPOSITIONS, UnknownMaterialError
 
 RTOL = 1e-3  # 0.1 %
@@ -22,8 +27,23 @@ def fresh_mu_rho(material: str, energies_kev) -> np.ndarray:
 
 
 def test_every_section3_material_is_shipped():
-    expected = {"air", "water", "soft_tissue", "cortical_bone", "lung", "adipose", "muscle", "blood",
-                "pmma", "titanium", "ti6al4v", "iron", "stainless_steel_316l", "iodine", "aluminium"}
+    expected = {
+        "air",
+        "water",
+        "soft_tissue",
+        "cortical_bone",
+        "lung",
+        "adipose",
+        "muscle",
+        "blood",
+        "pmma",
+        "titanium",
+        "ti6al4v",
+        "iron",
+        "stainless_steel_316l",
+        "iodine",
+        "aluminium",
+    }
     assert set(available_materials()) == expected
     assert set(COMPOSITIONS) == expected
 
@@ -79,8 +99,12 @@ def test_no_interpolation_across_edges():
         # between the two branches; edge-aware interpolation gives the branch of its own side.
         e = np.array([edge * (1 - 5e-7), edge * (1 + 5e-7)])
         material = next(n for n, c in COMPOSITIONS.items() if element in c.mass_fractions)
-        np.testing.assert_allclose(mass_attenuation([material], e)[0], fresh_mu_rho(material, e),
-                                   rtol=RTOL, err_msg=f"{element} edge {edge} keV in {material}")
+        np.testing.assert_allclose(
+            mass_attenuation([material], e)[0],
+            fresh_mu_rho(material, e),
+            rtol=RTOL,
+            err_msg=f"{element} edge {edge} keV in {material}",
+        )
 
 
 def test_iodine_k_edge_jump():

@@ -78,12 +78,15 @@ def test_rescale_detector_keeps_rays():
     np.testing.assert_allclose(np.asarray(d_coarse), np.asarray(d_fine), atol=1e-6)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((3, 4)), "rank"),
-    (np.ones((3, 3)), "3x4"),
-    (np.array([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]]), "singular|rank"),
-    (np.full((3, 4), np.nan), "non-finite"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((3, 4)), "rank"),
+        (np.ones((3, 3)), "3x4"),
+        (np.array([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]]), "singular|rank"),
+        (np.full((3, 4), np.nan), "non-finite"),
+    ],
+)
 def test_degenerate_projection_matrices_rejected(bad, match):
     with pytest.raises(GeometryError, match=match):
         G.check_projection_matrix(bad)
@@ -97,11 +100,16 @@ def test_rotation_parameterisations_round_trip():
         R = G.so3_exp(jnp.asarray(v))
         chex.assert_trees_all_close(R @ R.T, jnp.eye(3), atol=1e-5)
         np.testing.assert_allclose(np.asarray(G.so3_log(R)), v, atol=2e-4)
-        np.testing.assert_allclose(np.asarray(G.rotation_from_6d(G.rotation_to_6d(R))), np.asarray(R), atol=1e-5)
-        np.testing.assert_allclose(np.asarray(G.rotation_from_quaternion(G.rotation_to_quaternion(R))),
-                                   np.asarray(R), atol=2e-4)
+        np.testing.assert_allclose(
+            np.asarray(G.rotation_from_6d(G.rotation_to_6d(R))), np.asarray(R), atol=1e-5
+        )
+        np.testing.assert_allclose(
+            np.asarray(G.rotation_from_quaternion(G.rotation_to_quaternion(R))), np.asarray(R), atol=2e-4
+        )
     # Elementary rotations agree with the exponential map.
-    np.testing.assert_allclose(np.asarray(G.rotation_z(0.3)), np.asarray(G.so3_exp(jnp.array([0, 0, 0.3]))), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(G.rotation_z(0.3)), np.asarray(G.so3_exp(jnp.array([0, 0, 0.3]))), atol=1e-6
+    )
 
 
 def test_so3_exp_gradient_at_zero_is_finite_and_correct():

@@ -28,9 +28,21 @@ def _ds(values, digits=8):
     return [float(f"{v:.{digits}g}") for v in np.asarray(values, dtype=np.float64).ravel()]
 
 
-def write_ct_slice(path, stored, *, position, orientation, pixel_spacing, slope=1.0, intercept=0.0,
-                   series_uid="1.2.3.4.5", instance=1, rows=None, columns=None,
-                   description="synthetic"):
+def write_ct_slice(
+    path,
+    stored,
+    *,
+    position,
+    orientation,
+    pixel_spacing,
+    slope=1.0,
+    intercept=0.0,
+    series_uid="1.2.3.4.5",
+    instance=1,
+    rows=None,
+    columns=None,
+    description="synthetic",
+):
     """Writes one CT slice; ``stored`` is [Rows, Columns] int16 (the raw pixel values)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -66,9 +78,21 @@ def write_ct_slice(path, stored, *, position, orientation, pixel_spacing, slope=
     ds.save_as(str(path), enforce_file_format=True)
 
 
-def write_series(directory, stored_ijk, *, origin, orientation, pixel_spacing, slice_step,
-                 slope=1.0, intercept=0.0, series_uid="1.2.3.4.5", shuffle=False,
-                 positions=None, prefix="IM"):
+def write_series(
+    directory,
+    stored_ijk,
+    *,
+    origin,
+    orientation,
+    pixel_spacing,
+    slice_step,
+    slope=1.0,
+    intercept=0.0,
+    series_uid="1.2.3.4.5",
+    shuffle=False,
+    positions=None,
+    prefix="IM",
+):
     """Writes stored_ijk [columns, rows, slices] as a series; returns the slice positions (LPS)."""
     directory.mkdir(parents=True, exist_ok=True)
     n_slices = stored_ijk.shape[2]
@@ -78,9 +102,17 @@ def write_series(directory, stored_ijk, *, origin, orientation, pixel_spacing, s
     if shuffle:  # file-name order differs from spatial order
         random.Random(1).shuffle(names)
     for k in range(n_slices):
-        write_ct_slice(directory / names[k], stored_ijk[:, :, k].T, position=positions[k],
-                       orientation=orientation, pixel_spacing=pixel_spacing, slope=slope,
-                       intercept=intercept, series_uid=series_uid, instance=k + 1)
+        write_ct_slice(
+            directory / names[k],
+            stored_ijk[:, :, k].T,
+            position=positions[k],
+            orientation=orientation,
+            pixel_spacing=pixel_spacing,
+            slope=slope,
+            intercept=intercept,
+            series_uid=series_uid,
+            instance=k + 1,
+        )
     return positions
 
 
@@ -91,8 +123,14 @@ def simple_series(directory, n_slices=4, shape=(6, 5), **kwargs):
     """An axial series; returns (stored [columns, rows, slices], kwargs used)."""
     rng = np.random.default_rng(0)
     stored = rng.integers(-1000, 2000, size=(*shape, n_slices)).astype(np.int16)
-    params = dict(origin=(-10.0, -20.0, 30.0), orientation=AXIAL, pixel_spacing=(0.8, 0.6),
-                  slice_step=(0.0, 0.0, 2.0), slope=1.0, intercept=0.0)
+    params = dict(
+        origin=(-10.0, -20.0, 30.0),
+        orientation=AXIAL,
+        pixel_spacing=(0.8, 0.6),
+        slice_step=(0.0, 0.0, 2.0),
+        slope=1.0,
+        intercept=0.0,
+    )
     params.update(kwargs)
     write_series(directory, stored, **params)
     return stored, params
@@ -150,8 +188,10 @@ def test_nifti_non_finite_is_volume_error(tmp_path):
 
 def test_truncated_nifti_gz_is_load_error(tmp_path):
     path = tmp_path / "cut.nii.gz"
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32),
-                             np.eye(4)), path)
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32), np.eye(4)),
+        path,
+    )
     content = path.read_bytes()
     path.write_bytes(content[: len(content) // 2])
     with pytest.raises(LoadError, match=r"cannot read NIfTI file .*cut\.nii\.gz"):
@@ -210,8 +250,9 @@ def test_dicom_shuffled_files_are_sorted_along_the_normal(tmp_path):
 
 
 def test_dicom_descending_positions_still_ascend_along_the_normal(tmp_path):
-    stored, _ = simple_series(tmp_path / "s", n_slices=4, origin=(0.0, 0.0, 50.0),
-                              slice_step=(0.0, 0.0, -3.0))
+    stored, _ = simple_series(
+        tmp_path / "s", n_slices=4, origin=(0.0, 0.0, 50.0), slice_step=(0.0, 0.0, -3.0)
+    )
     volume = io.load_volume(tmp_path / "s")
     # Slice written last (z = 41) comes first.
     np.testing.assert_array_equal(np.asarray(volume.data), stored[:, :, ::-1])
@@ -234,17 +275,23 @@ def test_dicom_oblique_orientation_places_voxels_per_the_standard(tmp_path):
     stored = np.zeros((7, 5, 4), np.int16)  # 7 columns, 5 rows, 4 slices
     marker_col, marker_row, marker_slice = 5, 3, 2
     stored[marker_col, marker_row, marker_slice] = 1000
-    write_series(tmp_path / "oblique", stored, origin=origin,
-                 orientation=np.concatenate([row_cosine, col_cosine]),
-                 pixel_spacing=(row_spacing, col_spacing), slice_step=normal * slice_spacing,
-                 shuffle=True)
+    write_series(
+        tmp_path / "oblique",
+        stored,
+        origin=origin,
+        orientation=np.concatenate([row_cosine, col_cosine]),
+        pixel_spacing=(row_spacing, col_spacing),
+        slice_step=normal * slice_spacing,
+        shuffle=True,
+    )
     volume = io.load_volume(tmp_path / "oblique")
     data = np.asarray(volume.data)
     index = np.unravel_index(np.argmax(data), data.shape)
     assert index == (marker_col, marker_row, marker_slice)
     slice_origin = origin + marker_slice * slice_spacing * normal
-    expected_lps = (slice_origin + row_cosine * col_spacing * marker_col
-                    + col_cosine * row_spacing * marker_row)
+    expected_lps = (
+        slice_origin + row_cosine * col_spacing * marker_col + col_cosine * row_spacing * marker_row
+    )
     expected_ras = expected_lps * np.array([-1.0, -1.0, 1.0])
     np.testing.assert_allclose(voxel_world(volume, index), expected_ras, atol=1e-4)
     np.testing.assert_allclose(volume.spacing, [col_spacing, row_spacing, slice_spacing], atol=1e-5)
@@ -272,21 +319,31 @@ def test_nifti_and_dicom_of_the_same_volume_sample_the_same_world(tmp_path):
     affine_lps[:3, 2] = normal * dz
     affine_lps[:3, 3] = origin
     affine_ras = LPS_TO_RAS @ affine_lps
-    ijk = np.stack(np.meshgrid(np.arange(n_cols), np.arange(n_rows), np.arange(n_slices),
-                               indexing="ij"), axis=-1).astype(np.float64)
+    ijk = np.stack(
+        np.meshgrid(np.arange(n_cols), np.arange(n_rows), np.arange(n_slices), indexing="ij"), axis=-1
+    ).astype(np.float64)
     world = ijk @ affine_ras[:3, :3].T + affine_ras[:3, 3]
     stored = hu_field(world).astype(np.int16)
-    write_series(tmp_path / "dicom", stored, origin=origin,
-                 orientation=np.concatenate([row_cosine, col_cosine]),
-                 pixel_spacing=(dr, dc), slice_step=normal * dz, slope=0.5, intercept=-1000.0,
-                 shuffle=True)
+    write_series(
+        tmp_path / "dicom",
+        stored,
+        origin=origin,
+        orientation=np.concatenate([row_cosine, col_cosine]),
+        pixel_spacing=(dr, dc),
+        slice_step=normal * dz,
+        slope=0.5,
+        intercept=-1000.0,
+        shuffle=True,
+    )
     # NIfTI as a converter might write it: the row axis flipped (dcm2niix style), float HU.
     flip_rows = np.eye(4)
     flip_rows[1, 1] = -1.0
     flip_rows[1, 3] = n_rows - 1
     nifti_affine = affine_ras @ flip_rows
-    nib.save(nib.Nifti1Image((stored[:, ::-1, :] * 0.5 - 1000.0).astype(np.float32), nifti_affine),
-             tmp_path / "same.nii.gz")
+    nib.save(
+        nib.Nifti1Image((stored[:, ::-1, :] * 0.5 - 1000.0).astype(np.float32), nifti_affine),
+        tmp_path / "same.nii.gz",
+    )
 
     from_dicom = io.load_volume(tmp_path / "dicom")
     from_nifti = io.load_volume(tmp_path / "same.nii.gz")
@@ -296,8 +353,9 @@ def test_nifti_and_dicom_of_the_same_volume_sample_the_same_world(tmp_path):
     nifti_ijk = (world_dicom - from_nifti.affine[:3, 3]) @ np.linalg.inv(from_nifti.affine[:3, :3]).T
     np.testing.assert_allclose(nifti_ijk, np.round(nifti_ijk), atol=1e-4)
     nifti_index = tuple(np.round(nifti_ijk).astype(int).reshape(-1, 3).T)
-    np.testing.assert_allclose(np.asarray(from_nifti.data)[nifti_index],
-                               np.asarray(from_dicom.data).reshape(-1))
+    np.testing.assert_allclose(
+        np.asarray(from_nifti.data)[nifti_index], np.asarray(from_dicom.data).reshape(-1)
+    )
     # And both equal the field at the true world positions.
     np.testing.assert_allclose(np.asarray(from_dicom.data), hu_field(world_dicom) * 0.5 - 1000.0)
     np.testing.assert_allclose(from_dicom.affine, affine_ras, atol=1e-5)
@@ -335,13 +393,14 @@ def test_several_series_require_a_choice(tmp_path):
     d = tmp_path / "mixed"
     first, _ = simple_series(d, n_slices=3, series_uid="1.2.826.0.1.111")
     second, _ = simple_series(d, n_slices=4, series_uid="1.2.826.0.1.222", prefix="B")
-    with pytest.raises(LoadError, match=r"(?s)2 series.*series_uid.*1\.2\.826\.0\.1\.111: 3 image.*"
-                                        r"1\.2\.826\.0\.1\.222: 4 image"):
+    with pytest.raises(
+        LoadError,
+        match=r"(?s)2 series.*series_uid.*1\.2\.826\.0\.1\.111: 3 image.*"
+        r"1\.2\.826\.0\.1\.222: 4 image",
+    ):
         io.load_volume(d)
-    np.testing.assert_array_equal(np.asarray(io.load_volume(d, series_uid="1.2.826.0.1.111").data),
-                                  first)
-    np.testing.assert_array_equal(np.asarray(io.load_volume(d, series_uid="1.2.826.0.1.222").data),
-                                  second)
+    np.testing.assert_array_equal(np.asarray(io.load_volume(d, series_uid="1.2.826.0.1.111").data), first)
+    np.testing.assert_array_equal(np.asarray(io.load_volume(d, series_uid="1.2.826.0.1.222").data), second)
     with pytest.raises(LoadError, match=r"(?s)series_uid '9\.9' not found.*1\.2\.826\.0\.1\.111"):
         io.load_volume(d, series_uid="9.9")
 
@@ -349,8 +408,13 @@ def test_several_series_require_a_choice(tmp_path):
 def test_mixed_orientation_is_load_error(tmp_path):
     d = tmp_path / "s"
     simple_series(d, n_slices=3)
-    write_ct_slice(d / "IM0001.dcm", np.zeros((5, 6), np.int16), position=(-10, -20, 32),
-                   orientation=(0, 1, 0, 0, 0, -1), pixel_spacing=(0.8, 0.6))
+    write_ct_slice(
+        d / "IM0001.dcm",
+        np.zeros((5, 6), np.int16),
+        position=(-10, -20, 32),
+        orientation=(0, 1, 0, 0, 0, -1),
+        pixel_spacing=(0.8, 0.6),
+    )
     with pytest.raises(LoadError, match=r"mixes slice orientations.*IM0001\.dcm"):
         io.load_volume(d)
 
@@ -358,8 +422,13 @@ def test_mixed_orientation_is_load_error(tmp_path):
 def test_mixed_image_size_is_load_error(tmp_path):
     d = tmp_path / "s"
     simple_series(d, n_slices=3)
-    write_ct_slice(d / "IM0001.dcm", np.zeros((4, 6), np.int16), position=(-10, -20, 32),
-                   orientation=AXIAL, pixel_spacing=(0.8, 0.6))
+    write_ct_slice(
+        d / "IM0001.dcm",
+        np.zeros((4, 6), np.int16),
+        position=(-10, -20, 32),
+        orientation=AXIAL,
+        pixel_spacing=(0.8, 0.6),
+    )
     with pytest.raises(LoadError, match=r"mixes image sizes.*5x6.*4x6"):
         io.load_volume(d)
 
@@ -367,8 +436,13 @@ def test_mixed_image_size_is_load_error(tmp_path):
 def test_mixed_pixel_spacing_is_load_error(tmp_path):
     d = tmp_path / "s"
     simple_series(d, n_slices=3)
-    write_ct_slice(d / "IM0001.dcm", np.zeros((5, 6), np.int16), position=(-10, -20, 32),
-                   orientation=AXIAL, pixel_spacing=(0.9, 0.6))
+    write_ct_slice(
+        d / "IM0001.dcm",
+        np.zeros((5, 6), np.int16),
+        position=(-10, -20, 32),
+        orientation=AXIAL,
+        pixel_spacing=(0.9, 0.6),
+    )
     with pytest.raises(LoadError, match=r"mixes pixel spacings.*\[0\.8, 0\.6\].*\[0\.9, 0\.6\]"):
         io.load_volume(d)
 
@@ -376,8 +450,15 @@ def test_mixed_pixel_spacing_is_load_error(tmp_path):
 def test_non_uniform_slice_spacing_is_load_error(tmp_path):
     stored = np.zeros((6, 5, 4), np.int16)
     positions = [(0, 0, z) for z in (0.0, 1.0, 2.5, 3.5)]
-    write_series(tmp_path / "s", stored, origin=None, orientation=AXIAL, pixel_spacing=(1, 1),
-                 slice_step=None, positions=positions)
+    write_series(
+        tmp_path / "s",
+        stored,
+        origin=None,
+        orientation=AXIAL,
+        pixel_spacing=(1, 1),
+        slice_step=None,
+        positions=positions,
+    )
     with pytest.raises(LoadError, match=r"non-uniform slice spacing: spacings found \[1\.0, 1\.5\]"):
         io.load_volume(tmp_path / "s")
 
@@ -385,16 +466,30 @@ def test_non_uniform_slice_spacing_is_load_error(tmp_path):
 def test_small_spacing_jitter_is_accepted(tmp_path):
     stored = np.zeros((6, 5, 4), np.int16)
     positions = [(0, 0, z) for z in (0.0, 2.0, 4.005, 6.0)]
-    write_series(tmp_path / "s", stored, origin=None, orientation=AXIAL, pixel_spacing=(1, 1),
-                 slice_step=None, positions=positions)
+    write_series(
+        tmp_path / "s",
+        stored,
+        origin=None,
+        orientation=AXIAL,
+        pixel_spacing=(1, 1),
+        slice_step=None,
+        positions=positions,
+    )
     assert io.load_volume(tmp_path / "s").spacing[2] == pytest.approx(2.0)
 
 
 def test_missing_slice_is_load_error(tmp_path):
     stored = np.zeros((6, 5, 5), np.int16)
     positions = [(0, 0, z) for z in (0.0, 2.0, 4.0, 8.0, 10.0)]
-    write_series(tmp_path / "s", stored, origin=None, orientation=AXIAL, pixel_spacing=(1, 1),
-                 slice_step=None, positions=positions)
+    write_series(
+        tmp_path / "s",
+        stored,
+        origin=None,
+        orientation=AXIAL,
+        pixel_spacing=(1, 1),
+        slice_step=None,
+        positions=positions,
+    )
     with pytest.raises(LoadError, match=r"missing slice\(s\).*between 4\.000 and 8\.000 mm \(1 slice"):
         io.load_volume(tmp_path / "s")
 
@@ -402,8 +497,15 @@ def test_missing_slice_is_load_error(tmp_path):
 def test_duplicate_slice_is_load_error(tmp_path):
     stored = np.zeros((6, 5, 3), np.int16)
     positions = [(0, 0, z) for z in (0.0, 2.0, 2.0)]
-    write_series(tmp_path / "s", stored, origin=None, orientation=AXIAL, pixel_spacing=(1, 1),
-                 slice_step=None, positions=positions)
+    write_series(
+        tmp_path / "s",
+        stored,
+        origin=None,
+        orientation=AXIAL,
+        pixel_spacing=(1, 1),
+        slice_step=None,
+        positions=positions,
+    )
     with pytest.raises(LoadError, match=r"two slices at the same position"):
         io.load_volume(tmp_path / "s")
 
@@ -527,8 +629,9 @@ def test_npz_bundle_round_trip(tmp_path):
     P = np.arange(12, dtype=np.float64).reshape(3, 4)
     K = np.array([[1000.0, 0, 5], [0, 1000.0, 6], [0, 0, 1]])
     config = {"spectrum": "90kV", "n_photons": 1e5, "materials": ["bone", "soft tissue"]}
-    path = io.save_npz(tmp_path / "render.npz", image, P, K=K, pose=np.eye(4), config=config,
-                       volume_name="ct.nii.gz", seed=3)
+    path = io.save_npz(
+        tmp_path / "render.npz", image, P, K=K, pose=np.eye(4), config=config, volume_name="ct.nii.gz", seed=3
+    )
     only_file(tmp_path, "render.npz")
     bundle = io.load_npz(path)
     np.testing.assert_array_equal(bundle["image"], image)

@@ -9,20 +9,32 @@ import numpy as np
 import pytest
 
 from jaxdrr.errors import JaxdrrError
-from jaxdrr.materials import (HU_TO_DENSITY, MATERIAL_NAMES, SCHNEIDER_DENSITY, SCHNEIDER_HU, MaterialConfig,
-                              decompose, density_channels, hu_to_density, hu_to_density_deepdrr,
-                              hu_to_density_schneider)
+from jaxdrr.materials import (
+    HU_TO_DENSITY,
+    MATERIAL_NAMES,
+    SCHNEIDER_DENSITY,
+    SCHNEIDER_HU,
+    MaterialConfig,
+    decompose,
+    density_channels,
+    hu_to_density,
+    hu_to_density_deepdrr,
+    hu_to_density_schneider,
+)
 from jaxdrr.physics import available_materials
 
 
-@pytest.mark.parametrize("hu, rho", [
-    (0.0, 1.030),
-    (1000.0, 0.0005886 * 1000 + 1.030),   # bone branch (shallower slope above the knee)
-    (-500.0, 0.001029 * -500 + 1.030),    # soft/air branch below the knee
-    (-1000.0, 0.001),
-    (-1100.0, 0.0),                       # clipped at zero
-    (3000.0, 0.0005886 * 3000 + 1.030),
-])
+@pytest.mark.parametrize(
+    "hu, rho",
+    [
+        (0.0, 1.030),
+        (1000.0, 0.0005886 * 1000 + 1.030),  # bone branch (shallower slope above the knee)
+        (-500.0, 0.001029 * -500 + 1.030),  # soft/air branch below the knee
+        (-1000.0, 0.001),
+        (-1100.0, 0.0),  # clipped at zero
+        (3000.0, 0.0005886 * 3000 + 1.030),
+    ],
+)
 def test_deepdrr_formula(hu, rho):
     assert float(hu_to_density_deepdrr(hu)) == pytest.approx(rho, abs=1e-6)
 
@@ -33,7 +45,9 @@ def test_schneider_nodes_and_segments():
     assert float(hu_to_density_schneider(-1000.0)) == pytest.approx(0.00121)
     assert float(hu_to_density_schneider(1600.0)) == pytest.approx(1.9642)
     # Linear between nodes.
-    assert float(hu_to_density_schneider(800.0)) == pytest.approx(1.0762 + (1.9642 - 1.0762) * 699 / 1499, rel=1e-6)
+    assert float(hu_to_density_schneider(800.0)) == pytest.approx(
+        1.0762 + (1.9642 - 1.0762) * 699 / 1499, rel=1e-6
+    )
     # Clamped below air, extrapolated (not saturated) above 3000 HU for metal.
     assert float(hu_to_density_schneider(-1024.0)) == pytest.approx(0.00121)
     assert float(hu_to_density_schneider(4400.0)) == pytest.approx(2.8 + (2.8 - 1.9642), rel=1e-5)
@@ -79,7 +93,9 @@ def test_fractions_near_one_hot_far_from_thresholds():
     expected = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]], float).T
     np.testing.assert_allclose(f, expected, atol=1e-4)
     # At a threshold the two neighbours share the voxel equally.
-    np.testing.assert_allclose(decompose(jnp.array([-800.0, 350.0])), [[0.5, 0], [0.5, 0.5], [0, 0.5]], atol=1e-4)
+    np.testing.assert_allclose(
+        decompose(jnp.array([-800.0, 350.0])), [[0.5, 0], [0.5, 0.5], [0, 0.5]], atol=1e-4
+    )
 
 
 def test_hard_thresholds_match_deepdrr_segmentation():
@@ -115,7 +131,9 @@ def test_density_channels_sum_to_density(hu_volume, method):
 
 def test_jit_vmap_and_dtype(hu_volume):
     f = jax.jit(density_channels, static_argnames=("method", "thresholds", "softness_hu"))
-    chex.assert_trees_all_close(f(hu_volume, method="schneider"), density_channels(hu_volume, "schneider"), rtol=1e-6)
+    chex.assert_trees_all_close(
+        f(hu_volume, method="schneider"), density_channels(hu_volume, "schneider"), rtol=1e-6
+    )
     batched = jax.vmap(density_channels)(jnp.stack([hu_volume, hu_volume + 100.0]))
     chex.assert_shape(batched, (2, 3, 6, 5, 4))
     chex.assert_type(density_channels(jnp.zeros((2, 2, 2), jnp.int16)), jnp.float32)
@@ -134,7 +152,11 @@ def test_material_config():
     assert cfg.mass_attenuation([60.0]).shape == (3, 1)
     hu = jnp.array([[[-900.0, 40.0], [700.0, 349.0]]])
     chex.assert_trees_all_close(cfg.density_channels(hu), density_channels(hu))
-    for bad in [dict(table_names=("air", "soft_tissue", "bone_marrow")), dict(thresholds_hu=(350.0, -800.0)),
-                dict(softness_hu=-1.0), dict(hu_to_density="nope")]:
+    for bad in [
+        dict(table_names=("air", "soft_tissue", "bone_marrow")),
+        dict(thresholds_hu=(350.0, -800.0)),
+        dict(softness_hu=-1.0),
+        dict(hu_to_density="nope"),
+    ]:
         with pytest.raises(JaxdrrError):
             MaterialConfig(**bad)

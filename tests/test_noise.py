@@ -117,8 +117,12 @@ def test_relative_variance_scales_as_inverse_photon_number(detector):
     # each point has relative error ~ sqrt(2/n) = 0.3 %; over 5 decades the slope error is ~1e-3.
     assert slope == pytest.approx(-1.0, abs=0.01)
     # halving N0 doubles the relative variance
-    x_full = np.asarray(noisy_signal(jax.random.key(30), m0, m1, m2, QUANTUM_ONLY, detector, photons_per_pixel=1e3))
-    x_half = np.asarray(noisy_signal(jax.random.key(31), m0, m1, m2, QUANTUM_ONLY, detector, photons_per_pixel=5e2))
+    x_full = np.asarray(
+        noisy_signal(jax.random.key(30), m0, m1, m2, QUANTUM_ONLY, detector, photons_per_pixel=1e3)
+    )
+    x_half = np.asarray(
+        noisy_signal(jax.random.key(31), m0, m1, m2, QUANTUM_ONLY, detector, photons_per_pixel=5e2)
+    )
     ratio = (x_half.var() / x_half.mean() ** 2) / (x_full.var() / x_full.mean() ** 2)
     assert ratio == pytest.approx(2.0, abs=2.0 * 5 * np.sqrt(4.0 / N_PIXELS))
 
@@ -170,7 +174,9 @@ def test_apply_crosstalk_is_a_same_size_zero_padded_convolution():
     impulse = jnp.zeros((7, 9)).at[3, 4].set(1.0)
     response = np.asarray(noise.apply_crosstalk(impulse))
     assert response.shape == (7, 9)
-    np.testing.assert_allclose(response[2:5, 3:6], np.asarray(noise.DEEPDRR_CROSSTALK_KERNEL)[::-1, ::-1], atol=1e-7)
+    np.testing.assert_allclose(
+        response[2:5, 3:6], np.asarray(noise.DEEPDRR_CROSSTALK_KERNEL)[::-1, ::-1], atol=1e-7
+    )
     corner = np.asarray(noise.apply_crosstalk(jnp.zeros((5, 5)).at[0, 0].set(1.0)))
     assert corner.sum() == pytest.approx(0.98 + 0.11 + 0.06 + 0.03, abs=1e-6)  # zero padding: no wrap
 
@@ -267,7 +273,9 @@ def test_switching_readout_does_not_change_the_quantum_realisation():
     m0, m1, m2 = moments_for(10.0, shape=(64, 64))
     key = jax.random.key(13)
     with_readout = noisy_signal(key, m0, m1, m2, noise.NoiseConfig(readout_noise_std=5.0), "pc")
-    readout_only = noisy_signal(key, m0, m1, m2, noise.NoiseConfig(quantum=False, readout_noise_std=5.0), "pc")
+    readout_only = noisy_signal(
+        key, m0, m1, m2, noise.NoiseConfig(quantum=False, readout_noise_std=5.0), "pc"
+    )
     quantum_only = noisy_signal(key, m0, m1, m2, noise.NoiseConfig(readout=False), "pc")
     expected = noise.expected_signal(m0, m1, noise.NoiseConfig().photons_per_pixel, "pc")
     np.testing.assert_allclose(
@@ -287,12 +295,18 @@ def test_noise_free_path_is_exactly_the_expected_signal(detector):
     all_off = noise.NoiseConfig(quantum=False, readout=False)
     np.testing.assert_array_equal(np.asarray(noise.noisy_signal(None, m0, m1, m2, None, detector)), expected)
     np.testing.assert_array_equal(np.asarray(noisy_signal(None, m0, m1, m2, None, detector)), expected)
-    np.testing.assert_array_equal(np.asarray(noisy_signal(jax.random.key(0), m0, m1, m2, all_off, detector)), expected)
+    np.testing.assert_array_equal(
+        np.asarray(noisy_signal(jax.random.key(0), m0, m1, m2, all_off, detector)), expected
+    )
     zero_readout = noise.NoiseConfig(quantum=False, readout_noise_std=0.0)
-    np.testing.assert_array_equal(np.asarray(noisy_signal(None, m0, m1, m2, zero_readout, detector)), expected)
+    np.testing.assert_array_equal(
+        np.asarray(noisy_signal(None, m0, m1, m2, zero_readout, detector)), expected
+    )
     np.testing.assert_array_equal(np.asarray(noise.signal_variance(m0, m1, m2, None, detector)), 0.0)
     # noise-free gradient equals the analytic one: d(N0 m0)/dm0 = N0, d(N0 m1)/dm1 = N0
-    grads = jax.grad(lambda a, b: jnp.sum(noisy_signal(None, a, b, m2, None, detector)), argnums=(0, 1))(m0, m1)
+    grads = jax.grad(lambda a, b: jnp.sum(noisy_signal(None, a, b, m2, None, detector)), argnums=(0, 1))(
+        m0, m1
+    )
     np.testing.assert_array_equal(np.asarray(grads[0 if detector == "pc" else 1]), n0)
     np.testing.assert_array_equal(np.asarray(grads[1 if detector == "pc" else 0]), 0.0)
     if detector == "pc":

@@ -8,7 +8,6 @@ import pytest
 from jaxdrr import phantoms as ph
 
 
-
 def random_rotation(rng) -> np.ndarray:
     q, r = np.linalg.qr(rng.normal(size=(3, 3)))
     q = q * np.sign(np.diag(r))
@@ -17,7 +16,7 @@ def random_rotation(rng) -> np.ndarray:
     return q
 
 
-def random_rays_through(rng, n, radius, center=np.zeros(3)):
+def random_rays_through(rng, n, radius, center=(0.0, 0.0, 0.0)):
     """Random lines passing within ``radius`` of ``center``: origins far out, random directions."""
     direction = rng.normal(size=(n, 3))
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
@@ -48,7 +47,7 @@ def test_sphere_chord_matches_closed_form():
     origin = np.stack([impact, np.full_like(impact, -50.0), np.zeros_like(impact)], axis=-1)
     direction = np.array([0.0, 2.0, 0.0])  # not unit: lengths are in mm regardless
     lengths = ph.ellipsoid_chord_length(np.zeros(3), (radius,) * 3, None, origin, direction)
-    expected = 2 * np.sqrt(np.maximum(radius ** 2 - impact ** 2, 0))
+    expected = 2 * np.sqrt(np.maximum(radius**2 - impact**2, 0))
     np.testing.assert_allclose(lengths, expected, atol=1e-9)
     assert lengths[3] == 0.0  # tangent
     assert lengths[4] == 0.0  # miss
@@ -56,8 +55,11 @@ def test_sphere_chord_matches_closed_form():
 
 def test_ellipsoid_chord_matches_numeric_integration():
     rng = np.random.default_rng(0)
-    center, semi_axes, rotation = np.array([5.0, -3.0, 8.0]), np.array([30.0, 12.0, 20.0]), \
-        random_rotation(rng)
+    center, semi_axes, rotation = (
+        np.array([5.0, -3.0, 8.0]),
+        np.array([30.0, 12.0, 20.0]),
+        random_rotation(rng),
+    )
     shape = ph.ellipsoid(center, semi_axes, 1.0, rotation)
     origin, direction = random_rays_through(rng, 25, 12.0, center)
     exact = ph.ellipsoid_chord_length(center, semi_axes, rotation, origin, direction)
@@ -68,8 +70,11 @@ def test_ellipsoid_chord_matches_numeric_integration():
 
 def test_cylinder_chord_matches_numeric_integration():
     rng = np.random.default_rng(1)
-    center, semi_axes, rotation = np.array([-4.0, 6.0, 1.0]), np.array([15.0, 9.0, 25.0]), \
-        random_rotation(rng)
+    center, semi_axes, rotation = (
+        np.array([-4.0, 6.0, 1.0]),
+        np.array([15.0, 9.0, 25.0]),
+        random_rotation(rng),
+    )
     shape = ph.Shape("cylinder", center, semi_axes, rotation, 1.0)
     origin, direction = random_rays_through(rng, 25, 12.0, center)
     exact = ph.cylinder_chord_length(center, semi_axes, rotation, origin, direction)
@@ -81,13 +86,18 @@ def test_cylinder_chord_matches_numeric_integration():
 def test_cylinder_special_directions():
     semi_axes = (10.0, 5.0, 20.0)
     # Along the axis: the full length, inside the cross-section; a miss outside it.
-    along = ph.cylinder_chord_length(np.zeros(3), semi_axes, None,
-                                     [[3.0, 2.0, -100.0], [11.0, 0.0, -100.0]], [0.0, 0.0, 1.0])
+    along = ph.cylinder_chord_length(
+        np.zeros(3), semi_axes, None, [[3.0, 2.0, -100.0], [11.0, 0.0, -100.0]], [0.0, 0.0, 1.0]
+    )
     np.testing.assert_allclose(along, [40.0, 0.0])
     # Parallel to the caps: a lateral chord inside the slab, nothing outside it.
-    across = ph.cylinder_chord_length(np.zeros(3), semi_axes, None,
-                                      [[-50.0, 0.0, 19.0], [-50.0, 0.0, 20.5], [-50.0, 3.0, 0.0]],
-                                      [1.0, 0.0, 0.0])
+    across = ph.cylinder_chord_length(
+        np.zeros(3),
+        semi_axes,
+        None,
+        [[-50.0, 0.0, 19.0], [-50.0, 0.0, 20.5], [-50.0, 3.0, 0.0]],
+        [1.0, 0.0, 0.0],
+    )
     np.testing.assert_allclose(across, [20.0, 0.0, 2 * 10.0 * np.sqrt(1 - (3.0 / 5.0) ** 2)])
     # Tangent to the lateral surface.
     tangent = ph.cylinder_chord_length(np.zeros(3), semi_axes, None, [-50.0, 5.0, 0.0], [1, 0, 0])
@@ -96,8 +106,12 @@ def test_cylinder_special_directions():
 
 def test_box_chord_length():
     lo, hi = np.array([-1.0, -2.0, -3.0]), np.array([1.0, 2.0, 3.0])
-    lengths = ph.box_chord_length(lo, hi, [[0, 0, -10], [0, 0, 0], [5, 5, 5], [1.0, 0, -10]],
-                                  [[0, 0, 1], [1, 1, 0], [0, 0, 1], [0, 0, 1]])
+    lengths = ph.box_chord_length(
+        lo,
+        hi,
+        [[0, 0, -10], [0, 0, 0], [5, 5, 5], [1.0, 0, -10]],
+        [[0, 0, 1], [1, 1, 0], [0, 0, 1], [0, 0, 1]],
+    )
     np.testing.assert_allclose(lengths, [6.0, 2 * np.sqrt(2), 0.0, 6.0])
 
 
@@ -111,8 +125,9 @@ def test_phantom_line_integral_matches_fine_sampling():
     rng = np.random.default_rng(2)
     origin, direction = random_rays_through(rng, 12, 60.0)
     exact = ph.phantom_line_integral(shapes, origin, direction)
-    numeric = numeric_integral(lambda p: ph.paint_points(shapes, p) + 1000.0, origin, direction,
-                               t_lo=100.0, t_hi=700.0, dt=0.02)
+    numeric = numeric_integral(
+        lambda p: ph.paint_points(shapes, p) + 1000.0, origin, direction, t_lo=100.0, t_hi=700.0, dt=0.02
+    )
     assert exact.min() > 1e4  # rays cross the body
     np.testing.assert_allclose(exact, numeric, rtol=2e-4)
 
@@ -126,14 +141,16 @@ def test_phantom_line_integral_with_value_fn_range_and_box():
         return np.where(hu < 0, (hu + 1000.0) / 1000.0, 1.0 + hu / 1500.0)
 
     exact = ph.phantom_line_integral(shapes, origin, direction, density)
-    numeric = numeric_integral(lambda p: density(ph.paint_points(shapes, p)), origin, direction,
-                               t_lo=100.0, t_hi=700.0, dt=0.02)
+    numeric = numeric_integral(
+        lambda p: density(ph.paint_points(shapes, p)), origin, direction, t_lo=100.0, t_hi=700.0, dt=0.02
+    )
     np.testing.assert_allclose(exact, numeric, rtol=2e-4)
 
     # A range along the ray (t measured in mm from origin along the unit direction).
     exact_part = ph.phantom_line_integral(shapes, origin, direction, density, t_min=380.0, t_max=420.0)
-    numeric_part = numeric_integral(lambda p: density(ph.paint_points(shapes, p)), origin, direction,
-                                    t_lo=380.0, t_hi=420.0, dt=0.01)
+    numeric_part = numeric_integral(
+        lambda p: density(ph.paint_points(shapes, p)), origin, direction, t_lo=380.0, t_hi=420.0, dt=0.01
+    )
     np.testing.assert_allclose(exact_part, numeric_part, rtol=1e-3, atol=0.05)
 
     # Non-zero background needs a bounded range; a box bounds it.
@@ -149,13 +166,16 @@ def test_painting_order_replace_and_add():
     small = ph.ellipsoid((0, 0, 0), (5, 5, 5), 1000.0)
     bump = ph.ellipsoid((0, 0, 0), (10, 10, 10), 50.0, mode="add")
     points = np.array([[0.0, 0, 0], [7.0, 0, 0], [15.0, 0, 0], [30.0, 0, 0]])
-    np.testing.assert_allclose(ph.paint_points([big, small, bump], points, background=0, clip=None),
-                               [1050.0, 150.0, 100.0, 0.0])
+    np.testing.assert_allclose(
+        ph.paint_points([big, small, bump], points, background=0, clip=None), [1050.0, 150.0, 100.0, 0.0]
+    )
     # Replace after add wipes the addition inside its support.
-    np.testing.assert_allclose(ph.paint_points([big, bump, small], points, background=0, clip=None),
-                               [1000.0, 150.0, 100.0, 0.0])
-    ray = ph.phantom_line_integral([big, small, bump], [-100.0, 0, 0], [1.0, 0, 0], lambda h: h,
-                                   background=0.0, clip=None)
+    np.testing.assert_allclose(
+        ph.paint_points([big, bump, small], points, background=0, clip=None), [1000.0, 150.0, 100.0, 0.0]
+    )
+    ray = ph.phantom_line_integral(
+        [big, small, bump], [-100.0, 0, 0], [1.0, 0, 0], lambda h: h, background=0.0, clip=None
+    )
     assert ray == pytest.approx(100 * 40 + 900 * 10 + 50 * 20)
     # Clipping is part of the field: 3000 + 1000 is clipped to 3071.
     metal = ph.ellipsoid((0, 0, 0), (1, 1, 1), 3000.0)
@@ -206,8 +226,9 @@ def test_phantom_tissue_classes_present():
         assert np.count_nonzero(data == hu) > 0, hu
     assert np.count_nonzero(data >= 1000) > 1000  # cortical bone
     assert np.count_nonzero((data >= 200) & (data <= 350)) > 1000  # trabecular bone
-    assert np.count_nonzero(data == -1000.0) > np.count_nonzero(ph.phantom(
-        (128, 128, 96), bowel_gas=False).data == -1000.0)
+    assert np.count_nonzero(data == -1000.0) > np.count_nonzero(
+        ph.phantom((128, 128, 96), bowel_gas=False).data == -1000.0
+    )
     no_screw = np.asarray(ph.phantom((64, 64, 48), screw=False).data)
     assert 1000.0 <= no_screw.max() <= 1600.0
 
@@ -227,9 +248,11 @@ def test_phantom_is_mirror_symmetric_without_screw_and_gas():
     origin = np.array([[30.0, -200.0, -40.0], [70.0, -200.0, 20.0]])
     direction = np.array([[0.1, 1.0, 0.05], [-0.2, 1.0, 0.0]])
     mirror = np.array([-1.0, 1.0, 1.0])
-    np.testing.assert_allclose(ph.phantom_line_integral(shapes, origin, direction),
-                               ph.phantom_line_integral(shapes, origin * mirror, direction * mirror),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        ph.phantom_line_integral(shapes, origin, direction),
+        ph.phantom_line_integral(shapes, origin * mirror, direction * mirror),
+        rtol=1e-12,
+    )
 
 
 def test_voxelize_equals_brute_force_supersampling():
@@ -238,7 +261,7 @@ def test_voxelize_equals_brute_force_supersampling():
     fast = ph.voxelize(shapes, shape, spacing, supersample=3)
     axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)]
     centres = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
-    offsets = ((np.arange(3) + 0.5) / 3 - 0.5)
+    offsets = (np.arange(3) + 0.5) / 3 - 0.5
     total = np.zeros(shape)
     for a in offsets:
         for b in offsets:
@@ -272,13 +295,11 @@ def test_supersampling_smooths_edges_but_keeps_interiors():
     assert same.mean() > 0.5  # most voxels are away from any edge
 
 
-def test_phantom_speed_at_256():
-    import time
-
-    start = time.perf_counter()
+def test_phantom_at_256():
+    """The default benchmark size voxelises (its time is in benchmarks/bench_phantom.py, not here)."""
     volume = ph.phantom((256, 256, 256))
     assert volume.shape == (256, 256, 256)
-    assert time.perf_counter() - start < 15.0
+    assert np.all(np.isfinite(np.asarray(volume.data)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,18 +310,19 @@ def test_phantom_speed_at_256():
 def test_uniform_box_integral():
     volume = ph.uniform_box((10, 12, 8), (1.0, 2.0, 3.0), value=2.5)
     assert np.all(np.asarray(volume.data) == 2.5)
-    lengths = ph.uniform_box_line_integral(volume, 2.5, [[0.0, 0, -100], [0.0, -100, 0]],
-                                           [[0.0, 0, 1], [0.0, 1, 0]])
+    lengths = ph.uniform_box_line_integral(
+        volume, 2.5, [[0.0, 0, -100], [0.0, -100, 0]], [[0.0, 0, 1], [0.0, 1, 0]]
+    )
     np.testing.assert_allclose(lengths, [2.5 * 24.0, 2.5 * 24.0])
 
 
 def test_sphere_volume_discretisation_shrinks_with_supersampling():
     radius, spacing = 10.3, 1.0
-    exact_volume = 4 / 3 * np.pi * radius ** 3
+    exact_volume = 4 / 3 * np.pi * radius**3
     errors = []
     for supersample in (1, 4):
         volume = ph.sphere_volume((32, 32, 32), spacing, radius, value=1.0, supersample=supersample)
-        errors.append(abs(float(np.asarray(volume.data).sum()) * spacing ** 3 - exact_volume))
+        errors.append(abs(float(np.asarray(volume.data).sum()) * spacing**3 - exact_volume))
     assert errors[1] < errors[0]
     assert errors[1] / exact_volume < 2e-3
     # Along a voxel row through the centre the voxel sum approximates the exact chord.
@@ -314,14 +336,22 @@ def test_sphere_volume_discretisation_shrinks_with_supersampling():
 def test_ellipsoid_volume_and_integral():
     rotation = ph.rotation_matrix((1, 1, 0), 30.0)
     semi_axes = (12.0, 7.0, 9.0)
-    volume = ph.ellipsoid_volume((40, 40, 40), 1.0, semi_axes, rotation=rotation, center=(2, -1, 3),
-                                 value=2.0, background=0.0, supersample=4)
+    volume = ph.ellipsoid_volume(
+        (40, 40, 40),
+        1.0,
+        semi_axes,
+        rotation=rotation,
+        center=(2, -1, 3),
+        value=2.0,
+        background=0.0,
+        supersample=4,
+    )
     total = float(np.asarray(volume.data).sum())
     assert total == pytest.approx(2.0 * 4 / 3 * np.pi * np.prod(semi_axes), rel=3e-3)
-    value = ph.ellipsoid_line_integral([2.0, -1.0, -100.0], [0, 0, 1], semi_axes, center=(2, -1, 3),
-                                       rotation=rotation, value=2.0)
-    expected = 2.0 * ph.ellipsoid_chord_length((2, -1, 3), semi_axes, rotation, [2.0, -1, -100],
-                                               [0, 0, 1])
+    value = ph.ellipsoid_line_integral(
+        [2.0, -1.0, -100.0], [0, 0, 1], semi_axes, center=(2, -1, 3), rotation=rotation, value=2.0
+    )
+    expected = 2.0 * ph.ellipsoid_chord_length((2, -1, 3), semi_axes, rotation, [2.0, -1, -100], [0, 0, 1])
     assert value == pytest.approx(expected)
 
 
@@ -345,7 +375,6 @@ def test_rotation_helpers():
             np.testing.assert_allclose(r.T @ r, np.eye(3), atol=1e-12)
             assert np.linalg.det(r) == pytest.approx(1.0)
             np.testing.assert_allclose(r[:, local], np.asarray(axis) / np.linalg.norm(axis))
-    np.testing.assert_allclose(ph.rotation_matrix((0, 0, 1), 90.0) @ [1.0, 0, 0], [0, 1.0, 0],
-                               atol=1e-12)
+    np.testing.assert_allclose(ph.rotation_matrix((0, 0, 1), 90.0) @ [1.0, 0, 0], [0, 1.0, 0], atol=1e-12)
     for s in ph.pelvis_shapes():
         assert np.linalg.det(s.rotation) == pytest.approx(1.0), s.name

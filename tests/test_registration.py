@@ -39,15 +39,18 @@ def true_camera(volume, geometry):
 @pytest.fixture(scope="module")
 def target(volume, true_camera):
     cfg = jaxdrr.RenderConfig(SIZE, SIZE)
-    return np.asarray(jax.jit(jaxdrr.make_renderer(cfg))(jaxdrr.default_params(cfg), volume,
-                                                          true_camera.P, None))
+    return np.asarray(
+        jax.jit(jaxdrr.make_renderer(cfg))(jaxdrr.default_params(cfg), volume, true_camera.P, None)
+    )
 
 
 def _perturbation(rot_deg, trans_mm, axis=(0.3, -0.5, 0.8), direction=(0.6, 0.2, -0.77)):
     axis = np.asarray(axis) / np.linalg.norm(axis)
     direction = np.asarray(direction) / np.linalg.norm(direction)
-    return reg.Pose(jnp.asarray(reg.pose.DEFAULT_RADIUS_MM * np.deg2rad(rot_deg) * axis, jnp.float32),
-                    jnp.asarray(trans_mm * direction, jnp.float32))
+    return reg.Pose(
+        jnp.asarray(reg.pose.DEFAULT_RADIUS_MM * np.deg2rad(rot_deg) * axis, jnp.float32),
+        jnp.asarray(trans_mm * direction, jnp.float32),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -66,8 +69,9 @@ def test_pose_projection_round_trip(param, true_camera):
     # Parameterizations agree on the motion.
     so3 = reg.convert(p, "so3")
     np.testing.assert_allclose(reg.rotation_matrix(so3), reg.rotation_matrix(p), atol=2e-5)
-    np.testing.assert_allclose(reg.pose_to_projection(reg.convert(so3, param), true_camera), P,
-                               rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(
+        reg.pose_to_projection(reg.convert(so3, param), true_camera), P, rtol=1e-4, atol=1e-2
+    )
 
 
 def test_identity_pose_is_reference(true_camera):
@@ -98,7 +102,7 @@ def test_translation_is_in_camera_axes(true_camera):
     p = reg.Pose(jnp.zeros(3), jnp.array([0.0, 0.0, 5.0]))
     R, t = reg.pose_extrinsics(p, true_camera)
     c = np.asarray(true_camera.center)
-    z0 = (np.asarray(true_camera.R0) @ c + np.asarray(true_camera.t0))
+    z0 = np.asarray(true_camera.R0) @ c + np.asarray(true_camera.t0)
     z1 = np.asarray(R) @ c + np.asarray(t)
     np.testing.assert_allclose(z1 - z0, [0, 0, 5.0], atol=1e-4)
 
@@ -271,8 +275,7 @@ def test_register_recovers_known_pose(volume, true_camera, target):
     assert err0["mtre_mm"] > 8.0
     camera = reg.Camera.from_projection(P_init, SIZE, SIZE, center=center)
     config = reg.RegistrationConfig()  # Adam at 1/4, L-BFGS at 1/2 and full resolution
-    res = reg.register(volume, target, camera, config=config,
-                       render_config=jaxdrr.RenderConfig(SIZE, SIZE))
+    res = reg.register(volume, target, camera, config=config, render_config=jaxdrr.RenderConfig(SIZE, SIZE))
     err = reg.registration_errors(res.P, P_true, pts, center)
     assert err["mtre_mm"] < 0.25, err
     assert err["mpd_px"] < 0.05, err
@@ -323,11 +326,25 @@ def test_register_bad_inputs(volume, true_camera, target):
 
 def test_cli_register(tmp_path, volume, true_camera, target):
     from jaxdrr.registration import cli
+
     P = np.asarray(true_camera.P, np.float64)
     K, R, t = jaxdrr.geometry.decompose_projection(P)
     npz = tmp_path / "xray.npz"
-    jaxdrr.save_npz(npz, target, P, K=K, R=R, t=t, lao=20.0, cran=10.0, sid_mm=700.0,
-                    output="log", detector="ei", kvp=120.0, ct="phantom")
+    jaxdrr.save_npz(
+        npz,
+        target,
+        P,
+        K=K,
+        R=R,
+        t=t,
+        lao=20.0,
+        cran=10.0,
+        sid_mm=700.0,
+        output="log",
+        detector="ei",
+        kvp=120.0,
+        ct="phantom",
+    )
     init = tmp_path / "init.json"
     P_init = np.asarray(reg.pose_to_projection(_perturbation(3.0, 5.0), true_camera))
     init.write_text(json.dumps({"P": P_init.tolist()}))
@@ -335,9 +352,26 @@ def test_cli_register(tmp_path, volume, true_camera, target):
     sub = parser.add_subparsers(dest="command")
     cli.add_parser(sub)
     out = tmp_path / "pose.json"
-    args = parser.parse_args(["register", "--ct", "phantom", "--phantom-size", "48", "48", "36",
-                              "--xray", str(npz), "--init", str(init), "--out", str(out),
-                              "--levels", "4:40,1:10:lbfgs", "--quiet"])
+    args = parser.parse_args(
+        [
+            "register",
+            "--ct",
+            "phantom",
+            "--phantom-size",
+            "48",
+            "48",
+            "36",
+            "--xray",
+            str(npz),
+            "--init",
+            str(init),
+            "--out",
+            str(out),
+            "--levels",
+            "4:40,1:10:lbfgs",
+            "--quiet",
+        ]
+    )
     assert cli.run(args) == 0
     data = json.loads(out.read_text())
     assert np.asarray(data["P"]).shape == (3, 4)
@@ -348,14 +382,47 @@ def test_cli_register(tmp_path, volume, true_camera, target):
     init2 = tmp_path / "init2.json"
     init2.write_text(json.dumps({"lao": 22.0, "cran": 8.0, "isocenter": list(volume.center)}))
     for f in (out, init2):
-        args = parser.parse_args(["register", "--ct", "phantom", "--phantom-size", "48", "48", "36",
-                                  "--xray", str(npz), "--init", str(f), "--out",
-                                  str(tmp_path / "p2.json"), "--levels", "4:2", "--quiet"])
+        args = parser.parse_args(
+            [
+                "register",
+                "--ct",
+                "phantom",
+                "--phantom-size",
+                "48",
+                "48",
+                "36",
+                "--xray",
+                str(npz),
+                "--init",
+                str(f),
+                "--out",
+                str(tmp_path / "p2.json"),
+                "--levels",
+                "4:2",
+                "--quiet",
+            ]
+        )
         assert cli.run(args) == 0
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"foo": 1}))
-    args = parser.parse_args(["register", "--ct", "phantom", "--phantom-size", "48", "48", "36",
-                              "--xray", str(npz), "--init", str(bad), "--out", str(out), "--quiet"])
+    args = parser.parse_args(
+        [
+            "register",
+            "--ct",
+            "phantom",
+            "--phantom-size",
+            "48",
+            "48",
+            "36",
+            "--xray",
+            str(npz),
+            "--init",
+            str(bad),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     with pytest.raises(JaxdrrError, match="needs"):
         cli.run(args)
 
@@ -363,14 +430,16 @@ def test_cli_register(tmp_path, volume, true_camera, target):
 def test_notebook_executes():
     import nbclient
     import nbformat
+
     path = ROOT / "notebooks" / "02_registration.ipynb"
     nb = nbformat.read(path, as_version=4)
     env = {"JAXDRR_NB_SIZE": "64", "JAXDRR_NB_PHANTOM": "48,48,36", "JAX_PLATFORMS": "cpu"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                         resources={"metadata": {"path": str(path.parent)}})
+        client = nbclient.NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        )
         client.execute()
     finally:
         for k, v in old.items():

@@ -12,15 +12,34 @@ import jaxdrr
 from jaxdrr import geometry as G
 from jaxdrr.errors import JaxdrrError, VolumeError
 
-SOFT_TISSUE = {"H": .102, "C": .143, "N": .034, "O": .708, "Na": .002, "P": .003, "S": .003,
-               "Cl": .002, "K": .003}
-CORTICAL_BONE = {"H": .034, "C": .155, "N": .042, "O": .435, "Na": .001, "Mg": .002, "P": .103,
-                 "S": .003, "Ca": .225}
+SOFT_TISSUE = {
+    "H": 0.102,
+    "C": 0.143,
+    "N": 0.034,
+    "O": 0.708,
+    "Na": 0.002,
+    "P": 0.003,
+    "S": 0.003,
+    "Cl": 0.002,
+    "K": 0.003,
+}
+CORTICAL_BONE = {
+    "H": 0.034,
+    "C": 0.155,
+    "N": 0.042,
+    "O": 0.435,
+    "Na": 0.001,
+    "Mg": 0.002,
+    "P": 0.103,
+    "S": 0.003,
+    "Ca": 0.225,
+}
 
 
 def _mu(fractions, energies):
-    return sum(w * xraydb.mu_elam(el, np.asarray(energies) * 1000.0, kind="total")
-               for el, w in fractions.items())
+    return sum(
+        w * xraydb.mu_elam(el, np.asarray(energies) * 1000.0, kind="total") for el, w in fractions.items()
+    )
 
 
 def _slab_volume():
@@ -83,8 +102,9 @@ def test_phantom_render_is_finite_and_shows_bone(small):
 
 def test_jit_vmap_and_keys(small):
     vol, g = small
-    cfg = jaxdrr.RenderConfig(height=24, width=32, noise=jaxdrr.NoiseConfig(photons_per_pixel=1e3),
-                              photons_per_pixel=1e3)
+    cfg = jaxdrr.RenderConfig(
+        height=24, width=32, noise=jaxdrr.NoiseConfig(photons_per_pixel=1e3), photons_per_pixel=1e3
+    )
     params = jaxdrr.default_params(cfg)
     render = jaxdrr.make_renderer(cfg)
     Ps = jnp.stack([G.carm(a, b, geometry=g) for a, b in [(0, 0), (30, 10), (-20, -5)]])
@@ -100,8 +120,13 @@ def test_jit_vmap_and_keys(small):
 
 def test_noise_is_unbiased_through_the_renderer(small):
     vol, g = small
-    cfg = jaxdrr.RenderConfig(height=24, width=32, output="intensity", photons_per_pixel=2e3,
-                              noise=jaxdrr.NoiseConfig(photons_per_pixel=2e3))
+    cfg = jaxdrr.RenderConfig(
+        height=24,
+        width=32,
+        output="intensity",
+        photons_per_pixel=2e3,
+        noise=jaxdrr.NoiseConfig(photons_per_pixel=2e3),
+    )
     params = jaxdrr.default_params(cfg)
     P = G.carm(10, 0, geometry=g)
     clean = jaxdrr.make_renderer(cfg.replace(noise=None))(params, vol, P, None)

@@ -9,8 +9,16 @@ import pytest
 
 from jaxdrr.physics import spectra
 from jaxdrr.physics.attenuation import air_mass_energy_absorption, mass_attenuation
-from jaxdrr.physics.spectra import (SpectrumError, filter_spectrum, first_hvl_mm_al, from_arrays,
-                                    ipem78, mean_energy, rebin, spekpy_spectrum)
+from jaxdrr.physics.spectra import (
+    SpectrumError,
+    filter_spectrum,
+    first_hvl_mm_al,
+    from_arrays,
+    ipem78,
+    mean_energy,
+    rebin,
+    spekpy_spectrum,
+)
 
 # PHYSICS.md section 4.
 IPEM = {60: (37.53, 2.54), 90: (49.24, 4.16), 120: (58.16, 5.78)}
@@ -101,18 +109,21 @@ def test_rebin_rejects_grid_that_loses_photons():
         rebin(ipem78(120), np.array([50.0, 40.0]))
 
 
-@pytest.mark.parametrize("energies, fluence, match", [
-    ([[10.0, 20.0]], [[1.0, 1.0]], "1-D"),
-    ([10.0, 20.0, 30.0], [1.0, 1.0], "length"),
-    ([], [], "at least one"),
-    ([10.0, np.nan], [1.0, 1.0], "finite"),
-    ([10.0, 20.0], [1.0, np.inf], "finite"),
-    ([10.0, 20.0], [1.0, -0.1], "non-negative"),
-    ([10.0, 20.0], [0.0, 0.0], "zero"),
-    ([20.0, 10.0], [1.0, 1.0], "increasing"),
-    ([10.0, 10.0], [1.0, 1.0], "increasing"),
-    ([0.0, 10.0], [1.0, 1.0], "positive"),
-])
+@pytest.mark.parametrize(
+    "energies, fluence, match",
+    [
+        ([[10.0, 20.0]], [[1.0, 1.0]], "1-D"),
+        ([10.0, 20.0, 30.0], [1.0, 1.0], "length"),
+        ([], [], "at least one"),
+        ([10.0, np.nan], [1.0, 1.0], "finite"),
+        ([10.0, 20.0], [1.0, np.inf], "finite"),
+        ([10.0, 20.0], [1.0, -0.1], "non-negative"),
+        ([10.0, 20.0], [0.0, 0.0], "zero"),
+        ([20.0, 10.0], [1.0, 1.0], "increasing"),
+        ([10.0, 10.0], [1.0, 1.0], "increasing"),
+        ([0.0, 10.0], [1.0, 1.0], "positive"),
+    ],
+)
 def test_from_arrays_rejects_bad_input(energies, fluence, match):
     with pytest.raises(SpectrumError, match=match):
         from_arrays(energies, fluence)

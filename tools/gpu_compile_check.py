@@ -49,6 +49,7 @@ from jax._src.lib import triton as jax_triton  # noqa: E402
 from jax._src.lib.mlir import ir  # noqa: E402
 
 from jaxdrr import geometry as G  # noqa: E402
+from jaxdrr._compat import TRITON_CUSTOM_CALL_TARGET, gpu_lowering_context  # noqa: E402
 from jaxdrr.ops import project  # noqa: E402
 
 ARCHES = {"sm_90a": "9.0", "sm_80": "8.0"}
@@ -110,8 +111,7 @@ def _functions():
         "grad_P": (jax.grad(loss, argnums=1), (vol, P)),
         "grad_volume": (jax.grad(loss, argnums=0), (vol, P)),
         "vmap_forward": (jax.vmap(proj, in_axes=(None, 0)), (vol, Ps)),
-        "vmap_grad_P_and_volume": (jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(None, 0)),
-                                   (vol, Ps)),
+        "vmap_grad_P_and_volume": (jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(None, 0)), (vol, Ps)),
     }
 
 
@@ -125,14 +125,18 @@ def triton_calls(lowered):
                 for o in block.operations:
                     if o.operation.name == "stablehlo.custom_call":
                         target = ir.StringAttr(o.attributes["call_target_name"]).value
-                        if target == "__gpu$xla.gpu.triton":
+                        if target == TRITON_CUSTOM_CALL_TARGET:
                             cfg = ir.DictAttr(o.attributes["mhlo.backend_config"])
-                            grid = tuple(ir.IntegerAttr(cfg[k]).value
-                                         for k in ("grid_x", "grid_y", "grid_z"))
-                            found.append((ir.StringAttr(cfg["name"]).value,
-                                          ir.StringAttr(cfg["ir"]).value_bytes,
-                                          ir.IntegerAttr(cfg["num_warps"]).value,
-                                          ir.IntegerAttr(cfg["num_stages"]).value, grid))
+                            grid = tuple(ir.IntegerAttr(cfg[k]).value for k in ("grid_x", "grid_y", "grid_z"))
+                            found.append(
+                                (
+                                    ir.StringAttr(cfg["name"]).value,
+                                    ir.StringAttr(cfg["ir"]).value_bytes,
+                                    ir.IntegerAttr(cfg["num_warps"]).value,
+                                    ir.IntegerAttr(cfg["num_stages"]).value,
+                                    grid,
+                                )
+                            )
                     walk(o.operation)
 
     walk(lowered.compiler_ir("stablehlo").operation)
@@ -141,20 +145,22 @@ def triton_calls(lowered):
 
 def ptxas_report(ptxas, ptx_path: Path, arch: str) -> str:
     cubin = ptx_path.with_suffix(".cubin")
-    r = subprocess.run([ptxas, f"-arch={arch}", "-v", "-o", str(cubin), str(ptx_path)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [ptxas, f"-arch={arch}", "-v", "-o", str(cubin), str(ptx_path)], capture_output=True, text=True
+    )
     text = (r.stdout + r.stderr).strip()
     if r.returncode != 0:
         return f"ptxas FAILED ({r.returncode}): {text}"
     regs = re.search(r"Used (\d+) registers", text)
-    spill = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
-                      text)
+    spill = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", text)
     smem = re.search(r"(\d+) bytes smem", text)
     sass = sass_summary(cubin)
-    return (f"registers={regs.group(1) if regs else '?'} "
-            f"stack={spill.group(1) if spill else '?'}B spill_stores={spill.group(2) if spill else '?'}B "
-            f"spill_loads={spill.group(3) if spill else '?'}B smem={smem.group(1) if smem else 0}B "
-            f"cubin={cubin.stat().st_size}B{sass}")
+    return (
+        f"registers={regs.group(1) if regs else '?'} "
+        f"stack={spill.group(1) if spill else '?'}B spill_stores={spill.group(2) if spill else '?'}B "
+        f"spill_loads={spill.group(3) if spill else '?'}B smem={smem.group(1) if smem else 0}B "
+        f"cubin={cubin.stat().st_size}B{sass}"
+    )
 
 
 def _find_nvdisasm():
@@ -163,6 +169,7 @@ def _find_nvdisasm():
         return found
     try:  # the nvidia-cuda-nvdisasm wheel
         import nvidia
+
         for base in nvidia.__path__:
             for cand in Path(base).glob("*/bin/nvdisasm"):
                 return str(cand)
@@ -182,6 +189,7 @@ def sass_summary(cubin: Path) -> str:
     lines = r.stdout.splitlines()
     labels = {}
     body = []
+    loop = None
     for line in lines:
         m = re.match(r"^(\.L_x_\d+):", line)
         if m:
@@ -193,15 +201,15 @@ def sass_summary(cubin: Path) -> str:
             if bra and bra.group(1) in labels and labels[bra.group(1)] < len(body) - 1:
                 start = labels[bra.group(1)]
                 loop = body[start:]
-    try:
-        loop
-    except NameError:
+    if loop is None:
         loop = body
     count = lambda *ops: sum(1 for o in loop if o in ops)
-    return (f" | SASS total={len(body)} loop={len(loop)} (LDG={count('LDG')}, "
-            f"RED/ATOM={count('RED', 'ATOM', 'ATOMG', 'REDG')} in whole kernel="
-            f"{sum(1 for o in body if o in ('RED', 'ATOM', 'ATOMG', 'REDG'))}, "
-            f"FFMA={count('FFMA')}, FMUL={count('FMUL')}, FADD={count('FADD')})")
+    return (
+        f" | SASS total={len(body)} loop={len(loop)} (LDG={count('LDG')}, "
+        f"RED/ATOM={count('RED', 'ATOM', 'ATOMG', 'REDG')} in whole kernel="
+        f"{sum(1 for o in body if o in ('RED', 'ATOM', 'ATOMG', 'REDG'))}, "
+        f"FFMA={count('FFMA')}, FMUL={count('FMUL')}, FADD={count('FADD')})"
+    )
 
 
 def aot_h100():
@@ -209,15 +217,17 @@ def aot_h100():
     from jax.experimental import topologies
     from jax.sharding import NamedSharding, PartitionSpec
 
-    topo = topologies.get_topology_desc("h100", "cuda", target_config=H100_TARGET_CONFIG,
-                                        topology="1x1x1")
+    topo = topologies.get_topology_desc("h100", "cuda", target_config=H100_TARGET_CONFIG, topology="1x1x1")
     mesh = jax.sharding.Mesh(np.array(topo.devices), ("b",))
     rep = NamedSharding(mesh, PartitionSpec())
     fns = _functions()
     fn, (vol, Ps) = fns["vmap_grad_P_and_volume"]
-    compiled = jax.jit(fn, in_shardings=(rep, rep), out_shardings=(rep, rep)).trace(
-        jax.ShapeDtypeStruct(vol.shape, vol.dtype), jax.ShapeDtypeStruct(Ps.shape, Ps.dtype)
-    ).lower(lowering_platforms=("cuda",)).compile()
+    compiled = (
+        jax.jit(fn, in_shardings=(rep, rep), out_shardings=(rep, rep))
+        .trace(jax.ShapeDtypeStruct(vol.shape, vol.dtype), jax.ShapeDtypeStruct(Ps.shape, Ps.dtype))
+        .lower(lowering_platforms=("cuda",))
+        .compile()
+    )
     text = compiled.as_text()
     return compiled, text
 
@@ -230,11 +240,16 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    print(f"jax {jax.__version__}, devices {jax.devices()}, "
-          f"Triton compilation handler for CUDA: {jax_triton.has_compilation_handler('cuda')}")
+    print(
+        f"jax {jax.__version__}, devices {jax.devices()}, "
+        f"Triton compilation handler for CUDA: {jax_triton.has_compilation_handler('cuda')}"
+    )
     try:
-        ptxas_version = subprocess.run([args.ptxas, "--version"], capture_output=True,
-                                       text=True).stdout.strip().splitlines()[-1]
+        ptxas_version = (
+            subprocess.run([args.ptxas, "--version"], capture_output=True, text=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
     except OSError as e:
         ptxas_version = f"unavailable: {e}"
     print(f"ptxas: {args.ptxas} ({ptxas_version})")
@@ -242,10 +257,13 @@ def main(argv=None):
     kernels = {}
     print("\n== 1. cross-lowering for cuda: Triton custom calls per function")
     for name, (fn, fargs) in _functions().items():
-        lowered = jax.jit(fn).trace(*fargs).lower(lowering_platforms=("cuda",))
+        with gpu_lowering_context():
+            lowered = jax.jit(fn).trace(*fargs).lower(lowering_platforms=("cuda",))
         calls = triton_calls(lowered)
-        print(f"{name:24s} {len(calls)} call(s): "
-              + ", ".join(f"{k}[grid={g}, warps={w}]" for k, _, w, _, g in calls))
+        print(
+            f"{name:24s} {len(calls)} call(s): "
+            + ", ".join(f"{k}[grid={g}, warps={w}]" for k, _, w, _, g in calls)
+        )
         for kname, module, warps, stages, _ in calls:
             kernels.setdefault((kname, name.startswith("vmap")), (module, warps, stages))
 
@@ -255,8 +273,7 @@ def main(argv=None):
         label = kname + ("_vmapped" if batched else "")
         for arch, cc in ARCHES.items():
             try:
-                res = jax_triton.compile("cuda", module, cc, num_warps=warps, num_ctas=1,
-                                         num_stages=stages)
+                res = jax_triton.compile("cuda", module, cc, num_warps=warps, num_ctas=1, num_stages=stages)
             except Exception as e:  # noqa: BLE001 - report and go on
                 ok = False
                 print(f"{label:40s} {arch:7s} Triton->PTX FAILED: {type(e).__name__}: {e}")
@@ -267,16 +284,20 @@ def main(argv=None):
             n_atom = len(re.findall(r"\b(?:atom|red)\.global", res.asm))
             report = ptxas_report(args.ptxas, ptx, arch)
             ok &= "FAILED" not in report
-            print(f"{label:40s} {arch:7s} ptx={len(res.asm)}B ld.global={n_ld} "
-                  f"atom/red.global={n_atom} | {report}")
+            print(
+                f"{label:40s} {arch:7s} ptx={len(res.asm)}B ld.global={n_ld} "
+                f"atom/red.global={n_atom} | {report}"
+            )
 
     print("\n== 4. deviceless AOT compile of jit(vmap(grad(loss))) for an H100")
     try:
         _, text = aot_h100()
-        n = text.count("__gpu$xla.gpu.triton") + len(re.findall(r"kind=kCustom.*triton", text))
+        n = text.count(TRITON_CUSTOM_CALL_TARGET) + len(re.findall(r"kind=kCustom.*triton", text))
         (out / "aot_h100_vmap_grad.hlo.txt").write_text(text)
-        print(f"AOT compile OK: optimized HLO {len(text)} chars, Triton mentions {n}; "
-              f"written to {out / 'aot_h100_vmap_grad.hlo.txt'}")
+        print(
+            f"AOT compile OK: optimized HLO {len(text)} chars, Triton mentions {n}; "
+            f"written to {out / 'aot_h100_vmap_grad.hlo.txt'}"
+        )
     except Exception as e:  # noqa: BLE001 - the point is to report the exact error
         msg = "".join(traceback.format_exception_only(type(e), e)).strip()
         print(f"AOT compile FAILED: {msg[:3000]}")

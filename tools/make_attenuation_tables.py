@@ -38,21 +38,66 @@ MIN_EDGE_JUMP = 1.01
 
 # NIST mu_en/rho of air, dry (near sea level), NISTIR 5632 Table 4 (public domain), 1..150 keV.
 # The duplicated 3.2029 keV node is the Ar K edge (below, above).
-NIST_MUEN_AIR_KEV = np.array([1.0, 1.5, 2.0, 3.0, 3.2029, 3.2029, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0,
-                              20.0, 30.0, 40.0, 50.0, 60.0, 80.0, 100.0, 150.0])
-NIST_MUEN_AIR_CM2_G = np.array([3599.0, 1188.0, 526.2, 161.4, 133.0, 146.0, 76.36, 39.31, 22.70,
-                                9.446, 4.742, 1.334, 0.5389, 0.1537, 0.06833, 0.04098, 0.03041,
-                                0.02407, 0.02325, 0.02496])
+NIST_MUEN_AIR_KEV = np.array(
+    [
+        1.0,
+        1.5,
+        2.0,
+        3.0,
+        3.2029,
+        3.2029,
+        4.0,
+        5.0,
+        6.0,
+        8.0,
+        10.0,
+        15.0,
+        20.0,
+        30.0,
+        40.0,
+        50.0,
+        60.0,
+        80.0,
+        100.0,
+        150.0,
+    ]
+)
+NIST_MUEN_AIR_CM2_G = np.array(
+    [
+        3599.0,
+        1188.0,
+        526.2,
+        161.4,
+        133.0,
+        146.0,
+        76.36,
+        39.31,
+        22.70,
+        9.446,
+        4.742,
+        1.334,
+        0.5389,
+        0.1537,
+        0.06833,
+        0.04098,
+        0.03041,
+        0.02407,
+        0.02325,
+        0.02496,
+    ]
+)
 
 
 def _element_mu(symbol: str, energies_kev: np.ndarray) -> np.ndarray:
     import xraydb
+
     return np.asarray(xraydb.mu_elam(symbol, np.asarray(energies_kev, float) * 1000.0, kind="total"))
 
 
 def element_edges_kev(symbol: str) -> list[float]:
     """Absorption edges (keV) of an element inside the table range, where xraydb's data jump."""
     import xraydb
+
     xdb = xraydb.get_xraydb()
     row = xdb.get_cache("photoabsorption", column="element", value=symbol)[0]
     table_kev = np.exp(np.array(json.loads(row.log_energy))) / 1000.0
@@ -95,7 +140,10 @@ def _check_muen_against_spekpy() -> str:
     e = np.array(data["photon energy"]) * 1000.0
     v = np.array(data["muen_over_rho_air"])
     sel = (e >= E_MIN_KEV - 1e-9) & (e <= E_MAX_KEV + 1e-9)
-    if not (np.allclose(e[sel], NIST_MUEN_AIR_KEV, rtol=1e-4) and np.allclose(v[sel], NIST_MUEN_AIR_CM2_G, rtol=1e-6)):
+    if not (
+        np.allclose(e[sel], NIST_MUEN_AIR_KEV, rtol=1e-4)
+        and np.allclose(v[sel], NIST_MUEN_AIR_CM2_G, rtol=1e-6)
+    ):
         raise SystemExit("NIST air mu_en/rho differs from SpekPy's copy: check the hard-coded table")
     return "identical to the copy shipped with SpekPy (spekpy/data/tables/nist_muen_air.dat)"
 
@@ -115,38 +163,52 @@ def main(argv=None) -> int:
     mu_rho = np.stack([mixture_mu_rho(COMPOSITIONS[n].mass_fractions, grid) for n in names])
     muen_check = _check_muen_against_spekpy()
 
-    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    created = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     compositions_json = json.dumps(
-        {n: {"density_g_cm3": c.density_g_cm3, "mass_fractions": dict(c.mass_fractions), "source": c.source}
-         for n, c in COMPOSITIONS.items()}, indent=1)
+        {
+            n: {
+                "density_g_cm3": c.density_g_cm3,
+                "mass_fractions": dict(c.mass_fractions),
+                "source": c.source,
+            }
+            for n, c in COMPOSITIONS.items()
+        },
+        indent=1,
+    )
     provenance = {
         "generator": "tools/make_attenuation_tables.py",
         "created": created,
         "xraydb_version": xraydb.__version__,
         "data": "xraydb.mu_elam(kind='total'): Elam, Ravel & Sieber photoabsorption + coherent + "
-                "incoherent cross sections; mixtures by the mixture rule",
+        "incoherent cross sections; mixtures by the mixture rule",
         "grid": f"{E_MIN_KEV}..{E_MAX_KEV} keV step {STEP_KEV} keV plus edge pairs at E*(1 -/+ {EDGE_OFFSET_REL})",
         "muen_air": "NIST NISTIR 5632 Table 4, air dry near sea level; " + muen_check,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         args.out_dir / "attenuation.npz",
-        energies_keV=grid, mu_rho_cm2_g=mu_rho, materials=np.array(names),
+        energies_keV=grid,
+        mu_rho_cm2_g=mu_rho,
+        materials=np.array(names),
         density_g_cm3=np.array([COMPOSITIONS[n].density_g_cm3 for n in names]),
-        edge_energies_keV=edges, edge_elements=edge_labels,
-        muen_air_energies_keV=NIST_MUEN_AIR_KEV, muen_air_cm2_g=NIST_MUEN_AIR_CM2_G,
-        compositions_json=np.array(compositions_json), provenance_json=np.array(json.dumps(provenance)))
+        edge_energies_keV=edges,
+        edge_elements=edge_labels,
+        muen_air_energies_keV=NIST_MUEN_AIR_KEV,
+        muen_air_cm2_g=NIST_MUEN_AIR_CM2_G,
+        compositions_json=np.array(compositions_json),
+        provenance_json=np.array(json.dumps(provenance)),
+    )
 
     edge_text = ", ".join(f"{el} {e:.4f}" for e, el in edge_list)
     (args.out_dir / "PROVENANCE.md").write_text(f"""# Provenance of jaxdrr/physics/data
 
 ## attenuation.npz
-Generated {created} by `{provenance['generator']}` with xraydb {xraydb.__version__}.
+Generated {created} by `{provenance["generator"]}` with xraydb {xraydb.__version__}.
 
 - `mu_rho_cm2_g` [M, E]: total mass attenuation coefficient mu/rho (cm^2/g), including coherent
   scattering, from `xraydb.mu_elam(element, E, kind='total')` (Elam, Ravel & Sieber tables), mixed by
   mass fraction: (mu/rho)_mix = sum_i w_i (mu/rho)_i.
-- `energies_keV` [E] ({grid.size} points): {provenance['grid']}.
+- `energies_keV` [E] ({grid.size} points): {provenance["grid"]}.
 - Absorption edges resolved (keV, element): {edge_text}.
 - `muen_air_energies_keV`, `muen_air_cm2_g`: mass energy-absorption coefficient of dry air from NIST
   (Hubbell & Seltzer, NISTIR 5632, Table 4; public domain), used for air-kerma weighting of HVLs;
@@ -162,8 +224,10 @@ Generated {created} by `{provenance['generator']}` with xraydb {xraydb.__version
 IPEM Report 78 tungsten spectra (see the header lines of each file), copied from the project's
 shared/data/spectra.
 """)
-    print(f"wrote {args.out_dir / 'attenuation.npz'}: {len(names)} materials x {grid.size} energies, "
-          f"{len(edges)} edges")
+    print(
+        f"wrote {args.out_dir / 'attenuation.npz'}: {len(names)} materials x {grid.size} energies, "
+        f"{len(edges)} edges"
+    )
     return 0
 
 

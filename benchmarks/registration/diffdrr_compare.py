@@ -51,21 +51,23 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         import torch
+
         _shim_torchvision_blur()
         from diffdrr.data import read
         from diffdrr.drr import DRR
         from diffdrr.metrics import GradientNormalizedCrossCorrelation2d
         from diffdrr.pose import RigidTransform, convert, make_matrix
     except ImportError as e:
-        print(f"diffdrr is not importable ({e}); DiffDRR comparison skipped. Install it in a "
-              "separate venv: pip install torch==2.13.0 diffdrr && pip install -e .")
+        print(
+            f"diffdrr is not importable ({e}); DiffDRR comparison skipped. Install it in a "
+            "separate venv: pip install torch==2.13.0 diffdrr && pip install -e ."
+        )
         return None
     import nibabel as nib
-
-    import jaxdrr
-    from jaxdrr import registration as reg
     import protocol
     from run import markdown, summarize
+
+    import jaxdrr
 
     torch.set_num_threads(args.threads)
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -79,8 +81,13 @@ def main(argv=None):
         path = Path(tmp) / "phantom.nii.gz"
         nib.save(nib.Nifti1Image(np.asarray(volume.data, np.float32), volume.affine), path)
         subject = read(str(path), orientation="AP", center_volume=True)
-    drr = DRR(subject, sdd=protocol.SDD_MM, height=args.size, delx=protocol.DETECTOR_MM / args.size,
-              renderer="siddon")
+    drr = DRR(
+        subject,
+        sdd=protocol.SDD_MM,
+        height=args.size,
+        delx=protocol.DETECTOR_MM / args.size,
+        renderer="siddon",
+    )
     pts = torch.as_tensor(points, dtype=torch.float32)[None]
     criterion = GradientNormalizedCrossCorrelation2d(patch_size=None, sigma=1.0)
 
@@ -104,19 +111,26 @@ def main(argv=None):
         Rm_cam = np.asarray(jaxdrr.geometry.so3_exp(ang * p.rot_axis))
         Rm = R0.T @ Rm_cam @ R0
         tm = R0.T @ (p.trans_mm * p.trans_dir)
-        M = RigidTransform(make_matrix(torch.as_tensor(Rm, dtype=torch.float32)[None],
-                                       torch.as_tensor(tm, dtype=torch.float32)[None]))
+        M = RigidTransform(
+            make_matrix(
+                torch.as_tensor(Rm, dtype=torch.float32)[None], torch.as_tensor(tm, dtype=torch.float32)[None]
+            )
+        )
         init = _compose_init(gt, M)
         r0, t0 = init.convert("euler_angles", "ZXY")
         model = _Registration(drr, r0.clone(), t0.clone())
-        opt = torch.optim.Adam([{"params": [model._rotation], "lr": args.lr_rot},
-                                {"params": [model._translation], "lr": args.lr_trans}],
-                               maximize=True)
+        opt = torch.optim.Adam(
+            [
+                {"params": [model._rotation], "lr": args.lr_rot},
+                {"params": [model._translation], "lr": args.lr_trans},
+            ],
+            maximize=True,
+        )
         init_mtre = mtre(init, gt)
         best, best_pose, since = -np.inf, None, 0
         t_start = time.perf_counter()
         it = 0
-        for it in range(args.iters):
+        for _ in range(args.iters):
             opt.zero_grad()
             pred = model()
             loss = criterion(pred, target)
@@ -132,21 +146,39 @@ def main(argv=None):
             opt.step()
         elapsed = time.perf_counter() - t_start
         est = convert(*best_pose, parameterization="euler_angles", convention="ZXY")
-        row = {"index": p.index, "lao": p.lao, "cran": p.cran, "init_rot_deg": p.rot_deg,
-               "init_trans_mm": p.trans_mm, "bin": protocol.bin_name(p), "init_mtre_mm": init_mtre,
-               "mtre_mm": mtre(est, gt), "gncc": best, "iterations": it + 1, "time_s": elapsed,
-               "cpu_s": float("nan"), "load_avg_1min": os.getloadavg()[0]}
+        row = {
+            "index": p.index,
+            "lao": p.lao,
+            "cran": p.cran,
+            "init_rot_deg": p.rot_deg,
+            "init_trans_mm": p.trans_mm,
+            "bin": protocol.bin_name(p),
+            "init_mtre_mm": init_mtre,
+            "mtre_mm": mtre(est, gt),
+            "gncc": best,
+            "iterations": it + 1,
+            "time_s": elapsed,
+            "cpu_s": float("nan"),
+            "load_avg_1min": os.getloadavg()[0],
+        }
         rows.append(row)
-        print(f"[{p.index:3d}] DiffDRR mTRE {init_mtre:6.2f} -> {row['mtre_mm']:6.3f} mm, "
-              f"{row['iterations']} it, {elapsed:.1f} s (load {row['load_avg_1min']:.1f})", flush=True)
-    text = markdown(rows, f"DiffDRR {__import__('diffdrr').__version__} (gradient NCC, Adam, "
-                          f"full resolution, torch {torch.__version__}, {args.threads} threads)")
+        print(
+            f"[{p.index:3d}] DiffDRR mTRE {init_mtre:6.2f} -> {row['mtre_mm']:6.3f} mm, "
+            f"{row['iterations']} it, {elapsed:.1f} s (load {row['load_avg_1min']:.1f})",
+            flush=True,
+        )
+    text = markdown(
+        rows,
+        f"DiffDRR {__import__('diffdrr').__version__} (gradient NCC, Adam, "
+        f"full resolution, torch {torch.__version__}, {args.threads} threads)",
+    )
     summary = summarize(rows)
     print()
     print(text)
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "summary": summary, "cases": rows,
-                                              "markdown": text}, indent=1))
+        Path(args.out).write_text(
+            json.dumps({"args": vars(args), "summary": summary, "cases": rows, "markdown": text}, indent=1)
+        )
     return summary
 
 
@@ -159,8 +191,10 @@ def _shim_torchvision_blur():
     import types
 
     import torch
+
     try:
         import torchvision.transforms.functional  # noqa: F401
+
         return
     except Exception:
         for name in [m for m in sys.modules if m.startswith("torchvision")]:
@@ -182,8 +216,9 @@ def _shim_torchvision_blur():
     fn = types.ModuleType("torchvision.transforms.functional")
     fn.gaussian_blur = gaussian_blur
     tv.transforms, tr.functional = tr, fn
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": tr,
-                        "torchvision.transforms.functional": fn})
+    sys.modules.update(
+        {"torchvision": tv, "torchvision.transforms": tr, "torchvision.transforms.functional": fn}
+    )
 
 
 def _Registration(drr, rotation, translation):
@@ -200,8 +235,9 @@ def _Registration(drr, rotation, translation):
             self._translation = torch.nn.Parameter(translation)
 
         def forward(self):
-            return self.drr(convert(self._rotation, self._translation,
-                                    parameterization="euler_angles", convention="ZXY"))
+            return self.drr(
+                convert(self._rotation, self._translation, parameterization="euler_angles", convention="ZXY")
+            )
 
     return Registration()
 
@@ -210,6 +246,7 @@ def _compose_init(gt, M):
     """C2W_init = M^-1 o C2W_gt (so that W2C_init = W2C_gt o M)."""
     import torch
     from diffdrr.pose import RigidTransform
+
     return RigidTransform(torch.linalg.inv(M.matrix) @ gt.matrix)
 
 

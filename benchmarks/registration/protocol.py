@@ -62,8 +62,9 @@ def target_config(size: int) -> tuple[jaxdrr.RenderConfig, dict]:
     return cfg, jaxdrr.default_params(cfg, jaxdrr.default_spectrum(90))
 
 
-def make_problems(volume, n: int, size: int = 128, seed: int = 0, max_rot_deg: float = 10.0,
-                  max_trans_mm: float = 20.0) -> list[Problem]:
+def make_problems(
+    volume, n: int, size: int = 128, seed: int = 0, max_rot_deg: float = 10.0, max_trans_mm: float = 20.0
+) -> list[Problem]:
     rng = np.random.default_rng(seed)
     g = geometry(size)
     cfg, params = target_config(size)
@@ -80,13 +81,16 @@ def make_problems(volume, n: int, size: int = 128, seed: int = 0, max_rot_deg: f
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
         trans = float(rng.uniform(0, max_trans_mm))
-        pert = reg.Pose(np.float32(reg.pose.DEFAULT_RADIUS_MM * np.deg2rad(rot)) * axis.astype(np.float32),
-                        (trans * direction).astype(np.float32))
+        pert = reg.Pose(
+            np.float32(reg.pose.DEFAULT_RADIUS_MM * np.deg2rad(rot)) * axis.astype(np.float32),
+            (trans * direction).astype(np.float32),
+        )
         P_init = np.asarray(reg.pose_to_projection(pert, cam), np.float64)
         P_true = np.asarray(cam.P, np.float64)
         target = np.asarray(render(params, volume, P_true, jax.random.key(10_000 + i)))
-        problems.append(Problem(i, lao, cran, rot, trans, P_true, P_init, target, size, size,
-                                axis, direction))
+        problems.append(
+            Problem(i, lao, cran, rot, trans, P_true, P_init, target, size, size, axis, direction)
+        )
     return problems
 
 

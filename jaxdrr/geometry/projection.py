@@ -13,17 +13,19 @@ one place where rays are derived from ``P``; the projector (``jaxdrr.ops``) buil
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdrr._compat import is_tracer
 from jaxdrr.errors import GeometryError
 
 
-def intrinsic_matrix(sdd_mm, pixel_size_mm, height: int, width: int, principal_point=None,
-                     flip_columns: bool = False) -> jax.Array:
+def intrinsic_matrix(
+    sdd_mm, pixel_size_mm, height: int, width: int, principal_point=None, flip_columns: bool = False
+) -> jax.Array:
     """Camera intrinsics of a flat-panel detector.
 
     Args:
@@ -49,11 +51,13 @@ def intrinsic_matrix(sdd_mm, pixel_size_mm, height: int, width: int, principal_p
     else:
         cx, cy = principal_point[0], principal_point[1]
     zero = jnp.zeros_like(fx)
-    return jnp.stack([
-        jnp.stack([fx, zero, zero + cx]),
-        jnp.stack([zero, fy, zero + cy]),
-        jnp.stack([zero, zero, zero + 1.0]),
-    ])
+    return jnp.stack(
+        [
+            jnp.stack([fx, zero, zero + cx]),
+            jnp.stack([zero, fy, zero + cy]),
+            jnp.stack([zero, zero, zero + 1.0]),
+        ]
+    )
 
 
 def projection_matrix(K, R, t) -> jax.Array:
@@ -70,8 +74,7 @@ def source_position(P) -> jax.Array:
 def pixel_grid(height: int, width: int, dtype=None) -> jax.Array:
     """Homogeneous image points of all pixel centres, [height, width, 3] as (x=col, y=row, 1)."""
     dtype = dtype or jnp.result_type(float)
-    rows, cols = jnp.meshgrid(jnp.arange(height, dtype=dtype), jnp.arange(width, dtype=dtype),
-                              indexing="ij")
+    rows, cols = jnp.meshgrid(jnp.arange(height, dtype=dtype), jnp.arange(width, dtype=dtype), indexing="ij")
     return jnp.stack([cols, rows, jnp.ones_like(rows)], axis=-1)
 
 
@@ -173,13 +176,14 @@ def check_projection_matrix(P, name: str = "P") -> np.ndarray:
     if s[-1] <= 1e-12 * s[0]:
         raise GeometryError(
             f"{name}[:, :3] is singular (condition number {s[0] / max(s[-1], 1e-300):.3g}): the "
-            "source would be at infinity (affine camera); jaxdrr needs a perspective source")
+            "source would be at infinity (affine camera); jaxdrr needs a perspective source"
+        )
     return arr
 
 
 def is_concrete(x) -> bool:
     """True when x holds values now (not a tracer inside jit/vmap/grad)."""
-    return not isinstance(x, jax.core.Tracer)
+    return not is_tracer(x)
 
 
 def check_detector(height, width) -> tuple[int, int]:
@@ -193,7 +197,16 @@ def check_detector(height, width) -> tuple[int, int]:
 
 
 __all__: Sequence[str] = (
-    "intrinsic_matrix", "projection_matrix", "source_position", "pixel_grid", "ray_directions",
-    "pixel_rays", "project_points", "rescale_detector", "decompose_projection",
-    "check_projection_matrix", "check_detector", "is_concrete",
+    "intrinsic_matrix",
+    "projection_matrix",
+    "source_position",
+    "pixel_grid",
+    "ray_directions",
+    "pixel_rays",
+    "project_points",
+    "rescale_detector",
+    "decompose_projection",
+    "check_projection_matrix",
+    "check_detector",
+    "is_concrete",
 )

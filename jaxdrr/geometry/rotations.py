@@ -63,7 +63,7 @@ def so3_log(R) -> jax.Array:
     sin = jnp.sin(theta)
     small = sin < 1e-6
     factor = jnp.where(small, 0.5 + theta**2 / 12.0, theta / (2.0 * jnp.where(small, 1.0, sin)))
-    near_pi = (cos < -0.999)
+    near_pi = cos < -0.999
     # Near pi the antisymmetric part vanishes: recover the axis from the symmetric part.
     B = (R + R.T) / 2.0 - cos * jnp.eye(3, dtype=R.dtype)
     col = jnp.argmax(jnp.diagonal(B))
@@ -95,11 +95,13 @@ def rotation_from_quaternion(q) -> jax.Array:
     """Rotation from a quaternion (w, x, y, z); normalised first, so any non-zero 4-vector works."""
     q = jnp.asarray(q)
     w, x, y, z = q / jnp.linalg.norm(q)
-    return jnp.stack([
-        jnp.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)]),
-        jnp.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)]),
-        jnp.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]),
-    ])
+    return jnp.stack(
+        [
+            jnp.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)]),
+            jnp.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)]),
+            jnp.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]),
+        ]
+    )
 
 
 def rotation_to_quaternion(R) -> jax.Array:

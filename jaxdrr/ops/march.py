@@ -46,8 +46,9 @@ def _chunk_forward(flat, padded_shape, planes, entry, direction, step, num_steps
             value = trilinear.sample(flat, padded_shape, pos)
         return k + 1, acc + active * value
 
-    _, acc = jax.lax.while_loop(lambda s: s[0] < total, body,
-                                (jnp.int32(0), jnp.zeros((num_rays, channels), flat.dtype)))
+    _, acc = jax.lax.while_loop(
+        lambda s: s[0] < total, body, (jnp.int32(0), jnp.zeros((num_rays, channels), flat.dtype))
+    )
     return acc * step[:, None]
 
 
@@ -65,22 +66,27 @@ def _chunk_backward(flat, padded_shape, planes, entry, direction, step, num_step
         active = (k < num_steps).astype(g.dtype)
         if planes:
             gpos, base, frac, inside = trilinear.sample_planes_cotangent_gradient(
-                flat, padded_shape, pos, axis, g_step * active[:, None])
+                flat, padded_shape, pos, axis, g_step * active[:, None]
+            )
         else:
             gpos, base, frac, inside = trilinear.sample_cotangent_gradient(
-                flat, padded_shape, pos, g_step * active[:, None])
+                flat, padded_shape, pos, g_step * active[:, None]
+            )
         g_entry = g_entry + gpos
         g_direction = g_direction + s[:, None] * gpos
         if want_volume:
             w = trilinear.corner_weights(frac) * (inside.astype(g.dtype) * active)[:, None]
             contrib = w[:, :, None] * g_step[:, None, :]  # [R, 8, C]
             idx = (base[:, None] + offsets[None, :]).reshape(-1)
-            g_flat = g_flat.at[idx].add(contrib.reshape(-1, contrib.shape[-1]),
-                                        mode="promise_in_bounds")
+            g_flat = g_flat.at[idx].add(contrib.reshape(-1, contrib.shape[-1]), mode="promise_in_bounds")
         return k + 1, g_entry, g_direction, g_flat
 
-    init = (jnp.int32(0), jnp.zeros_like(entry), jnp.zeros_like(direction),
-            g_flat if want_volume else jnp.zeros((), flat.dtype))
+    init = (
+        jnp.int32(0),
+        jnp.zeros_like(entry),
+        jnp.zeros_like(direction),
+        g_flat if want_volume else jnp.zeros((), flat.dtype),
+    )
     _, g_entry, g_direction, g_flat = jax.lax.while_loop(lambda s: s[0] < total, body, init)
     return g_entry, g_direction, (g_flat if want_volume else None)
 
@@ -108,8 +114,9 @@ def _march(flat, padded_shape, chunk, planes, entry, direction, step, num_steps)
 
 
 def _march_fwd(flat, padded_shape, chunk, planes, entry, direction, step, num_steps):
-    out = _forward(flat.value, padded_shape, chunk, planes, entry.value, direction.value,
-                   step.value, num_steps.value)
+    out = _forward(
+        flat.value, padded_shape, chunk, planes, entry.value, direction.value, step.value, num_steps.value
+    )
     # The residual's tree structure records (statically) whether the volume needs a gradient.
     wants = {"volume": ()} if flat.perturbed else {}
     return out, (flat.value, entry.value, direction.value, step.value, num_steps.value, out, wants)
@@ -125,7 +132,8 @@ def _march_bwd(padded_shape, chunk, planes, residuals, g):
         return g_flat, (g_e, g_d)
 
     g_flat, (g_entry, g_direction) = jax.lax.scan(
-        scan_body, jnp.zeros_like(flat) if want_volume else None, chunks)
+        scan_body, jnp.zeros_like(flat) if want_volume else None, chunks
+    )
     g_entry = _from_chunks(g_entry, entry.shape[0])
     g_direction = _from_chunks(g_direction, entry.shape[0])
     safe_step = jnp.where(num_steps > 0, step, 1.0)
@@ -141,8 +149,7 @@ _march.defvjp(_march_fwd, _march_bwd, symbolic_zeros=True)
 DEFAULT_CHUNK = 16384
 
 
-def march(flat, padded_shape, rays: Rays, chunk: int = DEFAULT_CHUNK, planes: bool = False
-          ) -> jax.Array:
+def march(flat, padded_shape, rays: Rays, chunk: int = DEFAULT_CHUNK, planes: bool = False) -> jax.Array:
     """Line integrals [R, C] (channel units x mm) of a padded flat volume [N, C] along rays.
 
     Rays are processed ``chunk`` at a time (in order, so neighbouring pixels share a chunk): each
@@ -152,8 +159,9 @@ def march(flat, padded_shape, rays: Rays, chunk: int = DEFAULT_CHUNK, planes: bo
     voxel-centre planes, 4 voxels read per sample).
     """
     chunk = max(1, min(int(chunk), rays.entry.shape[0]))
-    return _march(flat, tuple(padded_shape), chunk, bool(planes), rays.entry, rays.direction,
-                  rays.step, rays.num_steps)
+    return _march(
+        flat, tuple(padded_shape), chunk, bool(planes), rays.entry, rays.direction, rays.step, rays.num_steps
+    )
 
 
 def pad_channels_last(volume) -> jax.Array:

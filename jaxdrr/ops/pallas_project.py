@@ -38,13 +38,11 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jax.experimental import pallas as pl
 
+from jaxdrr._compat import pallas_triton
 from jaxdrr.ops import march as _march
 from jaxdrr.ops.rays import VolumeGrid, detector_rays
 
-try:  # the Triton backend's compiler parameters and atomics (present in jax 0.10.x)
-    from jax.experimental.pallas import triton as plgpu
-except ImportError:  # pragma: no cover - very old/new jax
-    plgpu = None
+plgpu = pallas_triton()  # the Triton backend: compiler parameters, masked loads, atomics
 
 DEFAULT_TILE = 128
 DEFAULT_NUM_WARPS = 4
@@ -97,8 +95,19 @@ def _corner_weights(fracs, mask):
     fx, fy, fz = fracs
     gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
     m = mask.astype(fx.dtype)
-    return [w * m for w in (gx * gy * gz, gx * gy * fz, gx * fy * gz, gx * fy * fz,
-                            fx * gy * gz, fx * gy * fz, fx * fy * gz, fx * fy * fz)]
+    return [
+        w * m
+        for w in (
+            gx * gy * gz,
+            gx * gy * fz,
+            gx * fy * gz,
+            gx * fy * fz,
+            fx * gy * gz,
+            fx * gy * fz,
+            fx * fy * gz,
+            fx * fy * fz,
+        )
+    ]
 
 
 def _corner_weight_gradients(fracs, mask):
@@ -251,8 +260,7 @@ def _forward_call(cfg: KernelConfig, flat1d, geom, num_steps):
     return pl.pallas_call(
         functools.partial(_forward_kernel, cfg=cfg),
         grid=(rays // T,),
-        in_specs=[_tile_spec(7, T), pl.BlockSpec((T,), lambda i: (i,)),
-                  _whole_spec(flat1d.shape[0])],
+        in_specs=[_tile_spec(7, T), pl.BlockSpec((T,), lambda i: (i,)), _whole_spec(flat1d.shape[0])],
         out_specs=_tile_spec(cfg.channels, T),
         out_shape=jax.ShapeDtypeStruct((cfg.channels, rays), flat1d.dtype),
         interpret=cfg.interpret,
@@ -267,8 +275,12 @@ def _geometry_call(cfg: KernelConfig, flat1d, geom, num_steps, g):
     return pl.pallas_call(
         functools.partial(_geometry_kernel, cfg=cfg),
         grid=(rays // T,),
-        in_specs=[_tile_spec(7, T), pl.BlockSpec((T,), lambda i: (i,)),
-                  _tile_spec(cfg.channels, T), _whole_spec(flat1d.shape[0])],
+        in_specs=[
+            _tile_spec(7, T),
+            pl.BlockSpec((T,), lambda i: (i,)),
+            _tile_spec(cfg.channels, T),
+            _whole_spec(flat1d.shape[0]),
+        ],
         out_specs=_tile_spec(6, T),
         out_shape=jax.ShapeDtypeStruct((6, rays), geom.dtype),
         interpret=cfg.interpret,
@@ -284,8 +296,12 @@ def _volume_call(cfg: KernelConfig, n_flat, dtype, geom, num_steps, g):
     return pl.pallas_call(
         functools.partial(_volume_kernel, cfg=cfg),
         grid=(rays // T,),
-        in_specs=[_tile_spec(7, T), pl.BlockSpec((T,), lambda i: (i,)),
-                  _tile_spec(cfg.channels, T), _whole_spec(n_flat)],
+        in_specs=[
+            _tile_spec(7, T),
+            pl.BlockSpec((T,), lambda i: (i,)),
+            _tile_spec(cfg.channels, T),
+            _whole_spec(n_flat),
+        ],
         out_specs=_whole_spec(n_flat),
         out_shape=jax.ShapeDtypeStruct((n_flat,), dtype),
         input_output_aliases={3: 0},
@@ -310,7 +326,7 @@ def _pack(cfg: KernelConfig, entry, direction, step, num_steps):
 def _forward(cfg, flat, entry, direction, step, num_steps):
     geom, ns = _pack(cfg, entry, direction, step, num_steps)
     out = _forward_call(cfg, flat.reshape(-1), geom, ns)
-    return out[:, :entry.shape[0]].T
+    return out[:, : entry.shape[0]].T
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -352,18 +368,29 @@ def _project_bwd(cfg, residuals, g):
 _project.defvjp(_project_fwd, _project_bwd, symbolic_zeros=True)
 
 
-def march_pallas(flat, padded_shape, rays, *, interpret: bool, tile: int = DEFAULT_TILE,
-                 num_warps: int = DEFAULT_NUM_WARPS) -> jax.Array:
+def march_pallas(
+    flat, padded_shape, rays, *, interpret: bool, tile: int = DEFAULT_TILE, num_warps: int = DEFAULT_NUM_WARPS
+) -> jax.Array:
     """Line integrals [R, C] of a padded flat volume [N, C] along rays: ``march.march`` on Pallas."""
     if tile <= 0 or tile & (tile - 1):
         raise ValueError(f"tile must be a power of two (Triton block sizes), got {tile}")
-    cfg = KernelConfig(tuple(int(n) for n in padded_shape), int(flat.shape[1]), int(tile),
-                       bool(interpret), int(num_warps))
+    cfg = KernelConfig(
+        tuple(int(n) for n in padded_shape), int(flat.shape[1]), int(tile), bool(interpret), int(num_warps)
+    )
     return _project(cfg, flat, rays.entry, rays.direction, rays.step, rays.num_steps)
 
 
-def project_pallas(volume, grid: VolumeGrid, P, height: int, width: int, step: float, *,
-                   interpret: bool, tile: int = DEFAULT_TILE) -> jax.Array:
+def project_pallas(
+    volume,
+    grid: VolumeGrid,
+    P,
+    height: int,
+    width: int,
+    step: float,
+    *,
+    interpret: bool,
+    tile: int = DEFAULT_TILE,
+) -> jax.Array:
     """Per-channel line integrals [height * width, C] of ``volume`` [C, I, J, K] (row-major pixels).
 
     The Pallas counterpart of the ``"xla"`` branch of :func:`jaxdrr.ops.project`: the same rays

@@ -26,7 +26,8 @@ BACKENDS = ("auto", "xla", "pallas", "pallas_interpret")
 def _check_volume(volume):
     if np.ndim(volume) != 4:
         raise VolumeError(
-            f"project expects a [C, I, J, K] volume (channels first), got shape {np.shape(volume)}")
+            f"project expects a [C, I, J, K] volume (channels first), got shape {np.shape(volume)}"
+        )
     if is_concrete(volume):
         with jax.ensure_compile_time_eval():  # evaluate now even when called inside a trace
             finite = bool(jnp.all(jnp.isfinite(volume)))
@@ -42,8 +43,7 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def project(volume, affine, P, height: int, width: int, *, step_mm=None, backend: str = "auto"
-            ) -> jax.Array:
+def project(volume, affine, P, height: int, width: int, *, step_mm=None, backend: str = "auto") -> jax.Array:
     """Line integrals of each channel of ``volume`` along the ray of each detector pixel.
 
     Args:
@@ -88,6 +88,7 @@ def project(volume, affine, P, height: int, width: int, *, step_mm=None, backend
     else:
         from jaxdrr.ops import pallas_project  # imported lazily: needs jax.experimental.pallas
 
-        out = pallas_project.project_pallas(volume, grid, P, height, width, step,
-                                            interpret=(backend == "pallas_interpret"))
+        out = pallas_project.project_pallas(
+            volume, grid, P, height, width, step, interpret=(backend == "pallas_interpret")
+        )
     return out.reshape(height, width, volume.shape[0])

@@ -43,7 +43,7 @@ class VolumeGrid:
     affine_key: tuple[tuple[float, ...], ...]
 
     @classmethod
-    def create(cls, shape, affine) -> "VolumeGrid":
+    def create(cls, shape, affine) -> VolumeGrid:
         a = np.asarray(affine, dtype=np.float64)
         if a.shape != (4, 4) or not np.all(np.isfinite(a)):
             raise VolumeError(f"affine must be a finite 4x4 matrix, got shape {a.shape}")

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 def corner_offsets(padded_shape) -> jax.Array:
     """Flat offsets of the 8 cell corners, ordered (di, dj, dk) in binary 000..111."""
     _, J2, K2 = padded_shape
-    return jnp.array([di * J2 * K2 + dj * K2 + dk
-                      for di in (0, 1) for dj in (0, 1) for dk in (0, 1)], dtype=jnp.int32)
+    return jnp.array(
+        [di * J2 * K2 + dj * K2 + dk for di in (0, 1) for dj in (0, 1) for dk in (0, 1)], dtype=jnp.int32
+    )
 
 
 def cell_and_fraction(positions, padded_shape):
@@ -58,21 +59,33 @@ def interpolate(corners, frac):
 def interpolate_gradient(corners, frac):
     """d(trilinear)/d(position) [R, 3] of scalar corners [R, 2, 2, 2]."""
     fx, fy, fz = frac[:, 0], frac[:, 1], frac[:, 2]
-    z = _lerp(corners[:, :, :, 0], corners[:, :, :, 1], fz[:, None, None])   # [R, 2, 2]
-    dz = corners[:, :, :, 1] - corners[:, :, :, 0]                           # [R, 2, 2]
-    y = _lerp(z[:, :, 0], z[:, :, 1], fy[:, None])                           # [R, 2]
-    dy = z[:, :, 1] - z[:, :, 0]                                             # [R, 2]
-    dz_y = _lerp(dz[:, :, 0], dz[:, :, 1], fy[:, None])                      # [R, 2]
-    return jnp.stack([y[:, 1] - y[:, 0], _lerp(dy[:, 0], dy[:, 1], fx),
-                      _lerp(dz_y[:, 0], dz_y[:, 1], fx)], axis=-1)
+    z = _lerp(corners[:, :, :, 0], corners[:, :, :, 1], fz[:, None, None])  # [R, 2, 2]
+    dz = corners[:, :, :, 1] - corners[:, :, :, 0]  # [R, 2, 2]
+    y = _lerp(z[:, :, 0], z[:, :, 1], fy[:, None])  # [R, 2]
+    dy = z[:, :, 1] - z[:, :, 0]  # [R, 2]
+    dz_y = _lerp(dz[:, :, 0], dz[:, :, 1], fy[:, None])  # [R, 2]
+    return jnp.stack(
+        [y[:, 1] - y[:, 0], _lerp(dy[:, 0], dy[:, 1], fx), _lerp(dz_y[:, 0], dz_y[:, 1], fx)], axis=-1
+    )
 
 
 def corner_weights(frac):
     """[R, 8] trilinear weights in corner order 000..111 (for scattering into the volume)."""
     fx, fy, fz = frac[:, 0], frac[:, 1], frac[:, 2]
     gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
-    return jnp.stack([gx * gy * gz, gx * gy * fz, gx * fy * gz, gx * fy * fz,
-                      fx * gy * gz, fx * gy * fz, fx * fy * gz, fx * fy * fz], axis=-1)
+    return jnp.stack(
+        [
+            gx * gy * gz,
+            gx * gy * fz,
+            gx * fy * gz,
+            gx * fy * fz,
+            fx * gy * gz,
+            fx * gy * fz,
+            fx * fy * gz,
+            fx * fy * fz,
+        ],
+        axis=-1,
+    )
 
 
 def sample(flat, padded_shape, positions):
@@ -156,6 +169,8 @@ def sample_planes_cotangent_gradient(flat, padded_shape, positions, axis, cotang
     w = jnp.einsum("rijc,rc->rij", corners, cotangent)
     d_c = _lerp(w[:, 0, 1] - w[:, 0, 0], w[:, 1, 1] - w[:, 1, 0], fb)
     d_b = _lerp(w[:, 1, 0] - w[:, 0, 0], w[:, 1, 1] - w[:, 0, 1], fc)
-    grad = (jax.nn.one_hot(b, 3, dtype=frac.dtype) * d_b[:, None]
-            + jax.nn.one_hot(c, 3, dtype=frac.dtype) * d_c[:, None])
+    grad = (
+        jax.nn.one_hot(b, 3, dtype=frac.dtype) * d_b[:, None]
+        + jax.nn.one_hot(c, 3, dtype=frac.dtype) * d_c[:, None]
+    )
     return grad * inside[:, None].astype(frac.dtype), base, frac, inside

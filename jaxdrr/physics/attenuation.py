@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import json
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -68,21 +68,31 @@ def load_table() -> AttenuationTable:
     if not TABLE_PATH.exists():
         raise FileNotFoundError(
             f"attenuation table {TABLE_PATH} is missing; regenerate it with "
-            "`python tools/make_attenuation_tables.py`")
+            "`python tools/make_attenuation_tables.py`"
+        )
     with np.load(TABLE_PATH, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    for k in ("energies_keV", "mu_rho_cm2_g", "density_g_cm3", "edge_energies_keV",
-              "muen_air_energies_keV", "muen_air_cm2_g"):
+    for k in (
+        "energies_keV",
+        "mu_rho_cm2_g",
+        "density_g_cm3",
+        "edge_energies_keV",
+        "muen_air_energies_keV",
+        "muen_air_cm2_g",
+    ):
         arrays[k].setflags(write=False)
     return AttenuationTable(
-        energies_keV=arrays["energies_keV"], mu_rho=arrays["mu_rho_cm2_g"],
+        energies_keV=arrays["energies_keV"],
+        mu_rho=arrays["mu_rho_cm2_g"],
         materials=tuple(str(s) for s in arrays["materials"]),
         density_g_cm3=arrays["density_g_cm3"],
         edge_energies_keV=arrays["edge_energies_keV"],
         edge_elements=tuple(str(s) for s in arrays["edge_elements"]),
-        muen_air_energies_keV=arrays["muen_air_energies_keV"], muen_air=arrays["muen_air_cm2_g"],
+        muen_air_energies_keV=arrays["muen_air_energies_keV"],
+        muen_air=arrays["muen_air_cm2_g"],
         compositions=json.loads(str(arrays["compositions_json"])),
-        provenance=json.loads(str(arrays["provenance_json"])))
+        provenance=json.loads(str(arrays["provenance_json"])),
+    )
 
 
 def available_materials() -> tuple[str, ...]:
@@ -97,8 +107,7 @@ def _material_indices(materials: Sequence[str]) -> list[int]:
     out = []
     for m in materials:
         if m not in names:
-            raise UnknownMaterialError(
-                f"unknown material {m!r}; valid names: {', '.join(names)}")
+            raise UnknownMaterialError(f"unknown material {m!r}; valid names: {', '.join(names)}")
         out.append(names.index(m))
     return out
 
@@ -115,8 +124,8 @@ def _check_energies(energies, lo: float, hi: float, what: str) -> np.ndarray:
     bad = (e < lo - tol) | (e > hi + tol)
     if bad.any():
         raise EnergyRangeError(
-            f"energies {e[bad][:5].tolist()} keV are outside the {what} range "
-            f"[{lo:g}, {hi:g}] keV")
+            f"energies {e[bad][:5].tolist()} keV are outside the {what} range [{lo:g}, {hi:g}] keV"
+        )
     return np.clip(e, lo, hi)
 
 

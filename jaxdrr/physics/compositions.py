@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from typing import Mapping
+from collections.abc import Mapping
 
 from jaxdrr.errors import JaxdrrError
 
@@ -48,42 +48,126 @@ class Composition:
 _NIST = "NIST SRD-126 Table 2"
 _ICRU44 = "NIST SRD-126 Table 2 (ICRU Report 44 composition)"
 
-COMPOSITIONS: Mapping[str, Composition] = types.MappingProxyType({c.name: c for c in [
-    Composition("air", 0.001205,
+COMPOSITIONS: Mapping[str, Composition] = types.MappingProxyType(
+    {
+        c.name: c
+        for c in [
+            Composition(
+                "air",
+                0.001205,
                 {"C": 0.000124, "N": 0.755268, "O": 0.231781, "Ar": 0.012827},
-                _NIST + ", air dry near sea level"),
-    Composition("water", 1.00, {"H": 0.111898, "O": 0.888102}, _NIST + ", liquid water"),
-    Composition("soft_tissue", 1.06,
-                {"H": 0.102, "C": 0.143, "N": 0.034, "O": 0.708, "Na": 0.002, "P": 0.003,
-                 "S": 0.003, "Cl": 0.002, "K": 0.003}, _ICRU44),
-    Composition("cortical_bone", 1.92,
-                {"H": 0.034, "C": 0.155, "N": 0.042, "O": 0.435, "Na": 0.001, "Mg": 0.002,
-                 "P": 0.103, "S": 0.003, "Ca": 0.225}, _ICRU44),
-    Composition("lung", 1.05,
-                {"H": 0.103, "C": 0.105, "N": 0.031, "O": 0.749, "Na": 0.002, "P": 0.002,
-                 "S": 0.003, "Cl": 0.003, "K": 0.002}, _ICRU44),
-    Composition("adipose", 0.95,
-                {"H": 0.114, "C": 0.598, "N": 0.007, "O": 0.278, "Na": 0.001, "S": 0.001,
-                 "Cl": 0.001}, _ICRU44),
-    Composition("muscle", 1.05,
-                {"H": 0.102, "C": 0.143, "N": 0.034, "O": 0.710, "Na": 0.001, "P": 0.002,
-                 "S": 0.003, "Cl": 0.001, "K": 0.004}, _ICRU44),
-    Composition("blood", 1.06,
-                {"H": 0.102, "C": 0.110, "N": 0.033, "O": 0.745, "Na": 0.001, "P": 0.001,
-                 "S": 0.002, "Cl": 0.003, "K": 0.002, "Fe": 0.001}, _ICRU44),
-    Composition("pmma", 1.19, {"H": 0.080541, "C": 0.599846, "O": 0.319613},
-                _NIST + ", polymethyl methacrylate"),
-    Composition("titanium", 4.54, {"Ti": 1.0}, "element"),
-    Composition("ti6al4v", 4.43, {"Ti": 0.90, "Al": 0.06, "V": 0.04}, "Ti-6Al-4V alloy, nominal"),
-    Composition("iron", 7.874, {"Fe": 1.0}, "element"),
-    Composition("stainless_steel_316l", 8.06,
+                _NIST + ", air dry near sea level",
+            ),
+            Composition("water", 1.00, {"H": 0.111898, "O": 0.888102}, _NIST + ", liquid water"),
+            Composition(
+                "soft_tissue",
+                1.06,
+                {
+                    "H": 0.102,
+                    "C": 0.143,
+                    "N": 0.034,
+                    "O": 0.708,
+                    "Na": 0.002,
+                    "P": 0.003,
+                    "S": 0.003,
+                    "Cl": 0.002,
+                    "K": 0.003,
+                },
+                _ICRU44,
+            ),
+            Composition(
+                "cortical_bone",
+                1.92,
+                {
+                    "H": 0.034,
+                    "C": 0.155,
+                    "N": 0.042,
+                    "O": 0.435,
+                    "Na": 0.001,
+                    "Mg": 0.002,
+                    "P": 0.103,
+                    "S": 0.003,
+                    "Ca": 0.225,
+                },
+                _ICRU44,
+            ),
+            Composition(
+                "lung",
+                1.05,
+                {
+                    "H": 0.103,
+                    "C": 0.105,
+                    "N": 0.031,
+                    "O": 0.749,
+                    "Na": 0.002,
+                    "P": 0.002,
+                    "S": 0.003,
+                    "Cl": 0.003,
+                    "K": 0.002,
+                },
+                _ICRU44,
+            ),
+            Composition(
+                "adipose",
+                0.95,
+                {"H": 0.114, "C": 0.598, "N": 0.007, "O": 0.278, "Na": 0.001, "S": 0.001, "Cl": 0.001},
+                _ICRU44,
+            ),
+            Composition(
+                "muscle",
+                1.05,
+                {
+                    "H": 0.102,
+                    "C": 0.143,
+                    "N": 0.034,
+                    "O": 0.710,
+                    "Na": 0.001,
+                    "P": 0.002,
+                    "S": 0.003,
+                    "Cl": 0.001,
+                    "K": 0.004,
+                },
+                _ICRU44,
+            ),
+            Composition(
+                "blood",
+                1.06,
+                {
+                    "H": 0.102,
+                    "C": 0.110,
+                    "N": 0.033,
+                    "O": 0.745,
+                    "Na": 0.001,
+                    "P": 0.001,
+                    "S": 0.002,
+                    "Cl": 0.003,
+                    "K": 0.002,
+                    "Fe": 0.001,
+                },
+                _ICRU44,
+            ),
+            Composition(
+                "pmma",
+                1.19,
+                {"H": 0.080541, "C": 0.599846, "O": 0.319613},
+                _NIST + ", polymethyl methacrylate",
+            ),
+            Composition("titanium", 4.54, {"Ti": 1.0}, "element"),
+            Composition("ti6al4v", 4.43, {"Ti": 0.90, "Al": 0.06, "V": 0.04}, "Ti-6Al-4V alloy, nominal"),
+            Composition("iron", 7.874, {"Fe": 1.0}, "element"),
+            Composition(
+                "stainless_steel_316l",
+                8.06,
                 {"Si": 0.007, "Cr": 0.17, "Mn": 0.01, "Fe": 0.668, "Ni": 0.12, "Mo": 0.025},
-                "316L stainless steel, nominal"),
-    # Iodine contrast is modelled as a separate channel of iodine concentration c_I (g/cm^3):
-    # mu = mu_water * rho_w + c_I * (mu/rho)_I. 4.93 g/cm^3 is solid iodine, for reference only.
-    Composition("iodine", 4.93, {"I": 1.0}, "element (contrast agent channel)"),
-    Composition("aluminium", 2.699, {"Al": 1.0}, "element (HVL filter material)"),
-]})
+                "316L stainless steel, nominal",
+            ),
+            # Iodine contrast is modelled as a separate channel of iodine concentration c_I (g/cm^3):
+            # mu = mu_water * rho_w + c_I * (mu/rho)_I. 4.93 g/cm^3 is solid iodine, for reference only.
+            Composition("iodine", 4.93, {"I": 1.0}, "element (contrast agent channel)"),
+            Composition("aluminium", 2.699, {"Al": 1.0}, "element (HVL filter material)"),
+        ]
+    }
+)
 
 
 def material_names() -> tuple[str, ...]:
@@ -107,7 +191,8 @@ def composition(name: str) -> Composition:
         return COMPOSITIONS[name]
     except (KeyError, TypeError):
         raise UnknownMaterialError(
-            f"unknown material {name!r}; valid names: {', '.join(COMPOSITIONS)}") from None
+            f"unknown material {name!r}; valid names: {', '.join(COMPOSITIONS)}"
+        ) from None
 
 
 def density(name: str) -> float:

@@ -76,12 +76,15 @@ class Spectrum:
 
     def __repr__(self) -> str:
         e = np.asarray(self.energies_keV)
-        return (f"Spectrum({self.name!r}, {e.size} bins {e.min():g}..{e.max():g} keV, "
-                f"mean {mean_energy(self):.2f} keV)")
+        return (
+            f"Spectrum({self.name!r}, {e.size} bins {e.min():g}..{e.max():g} keV, "
+            f"mean {mean_energy(self):.2f} keV)"
+        )
 
 
-def from_arrays(energies, fluence, name: str = "user spectrum",
-                provenance: str = "user-supplied arrays") -> Spectrum:
+def from_arrays(
+    energies, fluence, name: str = "user spectrum", provenance: str = "user-supplied arrays"
+) -> Spectrum:
     """Builds a validated, normalised Spectrum from bin energies and photon fluence.
 
     Args:
@@ -138,15 +141,21 @@ def ipem78(kvp: int) -> Spectrum:
     except (TypeError, ValueError, KeyError):
         filename = None
     if filename is None:
-        raise SpectrumError(f"IPEM-78 spectra are shipped for kVp in {sorted(IPEM78_FILES)}, got {kvp!r}; "
-                            "use spekpy_spectrum() or from_arrays() for other settings")
+        raise SpectrumError(
+            f"IPEM-78 spectra are shipped for kVp in {sorted(IPEM78_FILES)}, got {kvp!r}; "
+            "use spekpy_spectrum() or from_arrays() for other settings"
+        )
     path = DATA_DIR / filename
     lines = path.read_text().splitlines()
     header = [ln.lstrip("# ").rstrip() for ln in lines if ln.startswith("#")]
     data = _read_csv(lines)
     filtration = filename.split("_Al")[1].removesuffix("mm.csv")
-    return from_arrays(data[:, 0], data[:, 1], name=f"IPEM-78 W {kvp_key} kVp {filtration} mm Al",
-                       provenance=" ".join(header))
+    return from_arrays(
+        data[:, 0],
+        data[:, 1],
+        name=f"IPEM-78 W {kvp_key} kVp {filtration} mm Al",
+        provenance=" ".join(header),
+    )
 
 
 def _read_csv(lines: list[str]) -> np.ndarray:
@@ -154,8 +163,9 @@ def _read_csv(lines: list[str]) -> np.ndarray:
     return np.array([[float(a), float(b)] for a, b in rows[1:]], dtype=np.float64)  # rows[0]: header
 
 
-def spekpy_spectrum(kvp: float, filtration_mm_al: float, anode_angle_deg: float = 12.0,
-                    bin_keV: float = 1.0) -> Spectrum:
+def spekpy_spectrum(
+    kvp: float, filtration_mm_al: float, anode_angle_deg: float = 12.0, bin_keV: float = 1.0
+) -> Spectrum:
     """A tungsten-anode spectrum from SpekPy (optional dependency).
 
     Bins are ``bin_keV`` wide and centred on integer multiples of ``bin_keV`` (SpekPy ``shift=0.5``),
@@ -177,11 +187,13 @@ def spekpy_spectrum(kvp: float, filtration_mm_al: float, anode_angle_deg: float 
     try:
         import spekpy
     except ImportError as exc:
-        raise ImportError("spekpy_spectrum() needs SpekPy: pip install jaxdrr[spectra] "
-                          "(or pip install spekpy)") from exc
+        raise ImportError(
+            "spekpy_spectrum() needs SpekPy: pip install jaxdrr[spectra] (or pip install spekpy)"
+        ) from exc
     if not (kvp > 0 and filtration_mm_al >= 0 and bin_keV > 0):
-        raise SpectrumError(f"need kvp > 0, filtration >= 0, bin_keV > 0; got {kvp}, "
-                            f"{filtration_mm_al}, {bin_keV}")
+        raise SpectrumError(
+            f"need kvp > 0, filtration >= 0, bin_keV > 0; got {kvp}, {filtration_mm_al}, {bin_keV}"
+        )
     spek = spekpy.Spek(kvp=kvp, th=anode_angle_deg, dk=bin_keV, shift=0.5)
     if filtration_mm_al > 0:
         spek.filter("Al", filtration_mm_al)
@@ -192,14 +204,19 @@ def spekpy_spectrum(kvp: float, filtration_mm_al: float, anode_angle_deg: float 
     if version is None:
         try:
             import importlib.metadata as md
+
             version = md.version("spekpy")
         except Exception:  # pragma: no cover - version is informational only
             version = "unknown"
     return from_arrays(
-        np.asarray(energies)[keep], photons[keep],
+        np.asarray(energies)[keep],
+        photons[keep],
         name=f"SpekPy W {kvp:g} kVp {filtration_mm_al:g} mm Al",
-        provenance=(f"SpekPy {version}: Spek(kvp={kvp}, th={anode_angle_deg}, dk={bin_keV}, shift=0.5)"
-                    f".filter('Al', {filtration_mm_al}); default physics model"))
+        provenance=(
+            f"SpekPy {version}: Spek(kvp={kvp}, th={anode_angle_deg}, dk={bin_keV}, shift=0.5)"
+            f".filter('Al', {filtration_mm_al}); default physics model"
+        ),
+    )
 
 
 def bin_edges(centres) -> np.ndarray:
@@ -248,10 +265,16 @@ def rebin(spectrum: Spectrum, energies=None) -> Spectrum:
     photons = np.asarray(spectrum.photon_fractions, np.float64) @ share
     lost = 1.0 - photons.sum()
     if lost > 1e-9:
-        raise SpectrumError(f"target bins [{dst_edges[0]:g}, {dst_edges[-1]:g}] keV miss {lost:.3g} "
-                            f"of the photons (spectrum spans [{src_edges[0]:g}, {src_edges[-1]:g}] keV)")
-    return from_arrays(target, photons, name=spectrum.name,
-                       provenance=spectrum.provenance + " | rebinned (photon-conserving)")
+        raise SpectrumError(
+            f"target bins [{dst_edges[0]:g}, {dst_edges[-1]:g}] keV miss {lost:.3g} "
+            f"of the photons (spectrum spans [{src_edges[0]:g}, {src_edges[-1]:g}] keV)"
+        )
+    return from_arrays(
+        target,
+        photons,
+        name=spectrum.name,
+        provenance=spectrum.provenance + " | rebinned (photon-conserving)",
+    )
 
 
 def mean_energy(spectrum: Spectrum) -> float:
@@ -260,8 +283,9 @@ def mean_energy(spectrum: Spectrum) -> float:
     return float(np.sum(w * np.asarray(spectrum.energies_keV, np.float64)) / np.sum(w))
 
 
-def filter_spectrum(spectrum: Spectrum, material: str, thickness_mm: float,
-                    density_g_cm3: float | None = None) -> Spectrum:
+def filter_spectrum(
+    spectrum: Spectrum, material: str, thickness_mm: float, density_g_cm3: float | None = None
+) -> Spectrum:
     """Adds a filter: ``w(E) exp(-mu(E) t)``, renormalised.
 
     Args:
@@ -274,11 +298,17 @@ def filter_spectrum(spectrum: Spectrum, material: str, thickness_mm: float,
       The filtered Spectrum.
     """
     from jaxdrr.physics.attenuation import linear_attenuation
-    mu_per_cm = linear_attenuation([material], spectrum.energies_keV,
-                                   None if density_g_cm3 is None else [density_g_cm3])[0]
+
+    mu_per_cm = linear_attenuation(
+        [material], spectrum.energies_keV, None if density_g_cm3 is None else [density_g_cm3]
+    )[0]
     f = np.asarray(spectrum.photon_fractions) * np.exp(-mu_per_cm * thickness_mm / 10.0)
-    return from_arrays(spectrum.energies_keV, f, name=f"{spectrum.name} + {thickness_mm:g} mm {material}",
-                       provenance=spectrum.provenance + f" | filtered by {thickness_mm:g} mm {material}")
+    return from_arrays(
+        spectrum.energies_keV,
+        f,
+        name=f"{spectrum.name} + {thickness_mm:g} mm {material}",
+        provenance=spectrum.provenance + f" | filtered by {thickness_mm:g} mm {material}",
+    )
 
 
 HVL_WEIGHTINGS = ("air_kerma", "energy_fluence", "fluence")
@@ -300,6 +330,7 @@ def first_hvl_mm_al(spectrum: Spectrum, weighting: str = "air_kerma") -> float:
       HVL in mm Al.
     """
     from jaxdrr.physics.attenuation import air_mass_energy_absorption, mass_attenuation
+
     e = np.asarray(spectrum.energies_keV, np.float64)
     w = np.asarray(spectrum.photon_fractions, np.float64)
     if weighting == "air_kerma":

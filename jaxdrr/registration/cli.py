@@ -29,29 +29,55 @@ import numpy as np
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Adds the ``register`` sub-command to an ``argparse`` sub-parser collection."""
     p = subparsers.add_parser(
-        "register", help="2D/3D registration: find the C-arm pose of an X-ray from its CT",
+        "register",
+        help="2D/3D registration: find the C-arm pose of an X-ray from its CT",
         description="Optimise the 6-DoF pose so the DRR of the CT matches the X-ray (coarse to "
-                    "fine, Adam or L-BFGS). Writes the pose as JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ct", required=True,
-                   help="NIfTI file, DICOM series directory, or 'phantom' for the built-in phantom")
+        "fine, Adam or L-BFGS). Writes the pose as JSON.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--ct",
+        required=True,
+        help="NIfTI file, DICOM series directory, or 'phantom' for the built-in phantom",
+    )
     p.add_argument("--series-uid", default=None, help="DICOM SeriesInstanceUID")
-    p.add_argument("--phantom-size", type=int, nargs=3, default=(192, 160, 128),
-                   metavar=("I", "J", "K"), help="voxels of the built-in phantom")
+    p.add_argument(
+        "--phantom-size",
+        type=int,
+        nargs=3,
+        default=(192, 160, 128),
+        metavar=("I", "J", "K"),
+        help="voxels of the built-in phantom",
+    )
     p.add_argument("--xray", required=True, help=".npz bundle written by `jaxdrr render --save-npz`")
     p.add_argument("--init", default=None, help="initial pose JSON (default: the bundle's P)")
     p.add_argument("--out", required=True, help="output pose JSON")
-    p.add_argument("--center", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
-                   help="rotation centre, world mm (default: the volume centre)")
+    p.add_argument(
+        "--center",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("X", "Y", "Z"),
+        help="rotation centre, world mm (default: the volume centre)",
+    )
     p.add_argument("--metric", default="gncc", choices=("ncc", "gncc", "patch_ncc", "mncc", "mse"))
     p.add_argument("--optimizer", default="adam", choices=("adam", "lbfgs"))
     p.add_argument("--lr", type=float, default=1.0, help="Adam step size (mm-equivalent units)")
-    p.add_argument("--levels", default="4:60,2:15:lbfgs,1:25:lbfgs",
-                   help="coarse-to-fine detector factors and iterations, factor:iterations[:optimizer],...")
+    p.add_argument(
+        "--levels",
+        default="4:60,2:15:lbfgs,1:25:lbfgs",
+        help="coarse-to-fine detector factors and iterations, factor:iterations[:optimizer],...",
+    )
     p.add_argument("--starts", type=int, default=1, help="starts optimised together at the first level")
     p.add_argument("--parameterization", default="so3", choices=("so3", "6d", "quaternion"))
-    p.add_argument("--perturb", type=float, nargs=2, default=None, metavar=("DEG", "MM"),
-                   help="perturb the initial pose randomly by up to DEG degrees and MM mm (demo)")
+    p.add_argument(
+        "--perturb",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("DEG", "MM"),
+        help="perturb the initial pose randomly by up to DEG degrees and MM mm (demo)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of --perturb and of extra starts")
     p.add_argument("--step", type=float, default=None, help="ray-march step, mm")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -60,6 +86,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def parse_levels(text: str) -> tuple[tuple[int, int], ...]:
     from jaxdrr.errors import JaxdrrError
+
     try:
         levels = []
         for item in text.split(","):
@@ -74,6 +101,7 @@ def parse_levels(text: str) -> tuple[tuple[int, int], ...]:
 
 def _load_ct(args):
     import jaxdrr
+
     if args.ct == "phantom":
         return jaxdrr.phantom(shape=tuple(args.phantom_size))
     return jaxdrr.load_volume(args.ct, series_uid=args.series_uid)
@@ -81,6 +109,7 @@ def _load_ct(args):
 
 def _intrinsics(bundle) -> np.ndarray:
     from jaxdrr.geometry import decompose_projection
+
     if "K" in bundle:
         K = np.asarray(bundle["K"], np.float64)
         return K / K[2, 2]
@@ -91,6 +120,7 @@ def read_init(path, K, height: int, width: int, center) -> np.ndarray:
     """P of an initial-pose JSON (see the module docstring)."""
     from jaxdrr.errors import JaxdrrError
     from jaxdrr.geometry import carm_extrinsics, check_projection_matrix, projection_matrix
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--init file does not exist: {str(path)!r}")
@@ -113,6 +143,7 @@ def read_init(path, K, height: int, width: int, center) -> np.ndarray:
 
 def _model(bundle, height, width, step):
     import jaxdrr
+
     kw = {}
     if bundle.get("output") in ("log", "transmission", "intensity", "photons"):
         kw["output"] = bundle["output"]
@@ -152,14 +183,24 @@ def run(args) -> int:
     camera = reg.Camera.from_projection(P_init, height, width, center=center)
     if not np.allclose(np.asarray(camera.K), K, rtol=1e-3, atol=1e-3 * np.abs(K).max()):
         raise JaxdrrError("the initial pose's intrinsics differ from the X-ray's K")
-    config = reg.RegistrationConfig(metric=args.metric, optimizer=args.optimizer,
-                                    learning_rate=args.lr, levels=parse_levels(args.levels),
-                                    n_starts=args.starts, parameterization=args.parameterization,
-                                    seed=args.seed)
+    config = reg.RegistrationConfig(
+        metric=args.metric,
+        optimizer=args.optimizer,
+        learning_rate=args.lr,
+        levels=parse_levels(args.levels),
+        n_starts=args.starts,
+        parameterization=args.parameterization,
+        seed=args.seed,
+    )
     init = None
     if args.perturb is not None:
-        init = reg.random_pose(jax.random.key(args.seed), args.perturb[0], args.perturb[1],
-                               config.parameterization, config.radius_mm)
+        init = reg.random_pose(
+            jax.random.key(args.seed),
+            args.perturb[0],
+            args.perturb[1],
+            config.parameterization,
+            config.radius_mm,
+        )
         P_start = np.asarray(reg.pose_to_projection(init, camera), np.float64)
     else:
         P_start = np.asarray(camera.P, np.float64)
@@ -174,8 +215,16 @@ def run(args) -> int:
             bar.set_postfix(level=f"1/{rec['factor']}", loss=f"{rec['loss']:.5f}")
 
     t0 = time.perf_counter()
-    result = reg.register(volume, image, camera, init=init, config=config,
-                          render_config=render_config, params=params, callback=progress)
+    result = reg.register(
+        volume,
+        image,
+        camera,
+        init=init,
+        config=config,
+        render_config=render_config,
+        params=params,
+        callback=progress,
+    )
     if bar is not None:
         bar.update(total - bar.n)
         bar.close()
@@ -184,16 +233,27 @@ def run(args) -> int:
     carm = reg.carm_parameters(result.R, result.t, center=center, sid_mm=sid)
     points = reg.grid_points(volume, n=5, hu_threshold=-500.0 if volume.kind == "hu" else None)
     out = {
-        "P": result.P.tolist(), "K": np.asarray(camera.K, np.float64).tolist(),
-        "R": result.R.tolist(), "t": result.t.tolist(), "height": height, "width": width,
-        "carm": carm, "center": center.tolist(),
-        "pose_relative_to_init": result.pose.to_dict(), "P_init": P_start.tolist(),
-        "loss": result.loss, "metric": args.metric, "optimizer": args.optimizer,
-        "levels": [list(l) for l in config.levels], "iterations": result.n_iterations,
-        "time_s": elapsed, "loss_history": result.losses.tolist(),
+        "P": result.P.tolist(),
+        "K": np.asarray(camera.K, np.float64).tolist(),
+        "R": result.R.tolist(),
+        "t": result.t.tolist(),
+        "height": height,
+        "width": width,
+        "carm": carm,
+        "center": center.tolist(),
+        "pose_relative_to_init": result.pose.to_dict(),
+        "P_init": P_start.tolist(),
+        "loss": result.loss,
+        "metric": args.metric,
+        "optimizer": args.optimizer,
+        "levels": [list(level) for level in config.levels],
+        "iterations": result.n_iterations,
+        "time_s": elapsed,
+        "loss_history": result.losses.tolist(),
         "change_from_start": reg.registration_errors(result.P, P_start, points, center),
         "difference_to_bundle_P": reg.registration_errors(result.P, P_nominal, points, center),
-        "ct": str(args.ct), "xray": str(args.xray),
+        "ct": str(args.ct),
+        "xray": str(args.xray),
     }
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +261,9 @@ def run(args) -> int:
     tmp.write_text(json.dumps(out, indent=1))
     tmp.replace(out_path)
     d = out["difference_to_bundle_P"]
-    print(f"registered in {elapsed:.1f} s ({result.n_iterations} iterations), loss {result.loss:.5f}; "
-          f"LAO {carm['lao']:.2f} CRAN {carm['cran']:.2f} roll {carm['roll']:.2f} deg; "
-          f"vs the bundle's P: mTRE {d['mtre_mm']:.3f} mm -> {out_path}")
+    print(
+        f"registered in {elapsed:.1f} s ({result.n_iterations} iterations), loss {result.loss:.5f}; "
+        f"LAO {carm['lao']:.2f} CRAN {carm['cran']:.2f} roll {carm['roll']:.2f} deg; "
+        f"vs the bundle's P: mTRE {d['mtre_mm']:.3f} mm -> {out_path}"
+    )
     return 0

@@ -26,8 +26,15 @@ from jaxdrr.geometry.projection import decompose_projection, project_points
 from jaxdrr.geometry.rotations import rotation_angle_between
 from jaxdrr.volume import Volume
 
-__all__ = ["mtre", "projection_distance", "rotation_error_deg", "translation_error_mm",
-           "translation_error_components", "grid_points", "registration_errors"]
+__all__ = [
+    "mtre",
+    "projection_distance",
+    "rotation_error_deg",
+    "translation_error_mm",
+    "translation_error_components",
+    "grid_points",
+    "registration_errors",
+]
 
 
 def mtre(R_a, t_a, R_b, t_b, points) -> jax.Array:
@@ -62,8 +69,9 @@ def translation_error_components(R_a, t_a, R_b, t_b, center) -> tuple[jax.Array,
     return jnp.linalg.norm(d[:2]), jnp.abs(d[2])
 
 
-def grid_points(volume: Volume, n: int = 5, margin: float = 0.1,
-                hu_threshold: float | None = None) -> np.ndarray:
+def grid_points(
+    volume: Volume, n: int = 5, margin: float = 0.1, hu_threshold: float | None = None
+) -> np.ndarray:
     """A regular ``n x n x n`` grid of world points (mm) inside the volume box.
 
     Args:
@@ -109,13 +117,12 @@ def registration_errors(P_est, P_true, points, center=None) -> dict[str, float]:
     inplane, depth = translation_error_components(Ra, ta, Rb, tb, center)
     return {
         "mtre_mm": float(mtre(Ra, ta, Rb, tb, points)),
-        "mpd_px": float(projection_distance(np.asarray(P_est, np.float64),
-                                            np.asarray(P_true, np.float64), points)),
+        "mpd_px": float(
+            projection_distance(np.asarray(P_est, np.float64), np.asarray(P_true, np.float64), points)
+        ),
         # float64 NumPy here: the float32 arccos of rotation_error_deg resolves only ~0.03 deg.
         "rotation_deg": float(np.rad2deg(np.arccos(np.clip((np.trace(Ra.T @ Rb) - 1) / 2, -1, 1)))),
         "translation_mm": float(translation_error_mm(Ra, ta, Rb, tb, center)),
         "translation_inplane_mm": float(inplane),
         "translation_depth_mm": float(depth),
     }
-
-

@@ -20,23 +20,33 @@ driver (:mod:`jaxdrr.registration.optimize`) checks the target and mask before t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdrr._compat import is_tracer
 from jaxdrr.errors import JaxdrrError
 
 EPS = 1e-8
 METRICS = ("ncc", "gncc", "patch_ncc", "mncc", "mse")
 
-__all__ = ["ncc", "gradient_ncc", "patch_ncc", "multiscale_ncc", "mse", "sobel", "make_loss",
-           "check_images", "METRICS"]
+__all__ = [
+    "ncc",
+    "gradient_ncc",
+    "patch_ncc",
+    "multiscale_ncc",
+    "mse",
+    "sobel",
+    "make_loss",
+    "check_images",
+    "METRICS",
+]
 
 
 def _concrete(x) -> bool:
-    return x is not None and not isinstance(x, jax.core.Tracer)
+    return x is not None and not is_tracer(x)
 
 
 def check_images(x, y, mask=None, name_x: str = "image", name_y: str = "target") -> None:
@@ -47,11 +57,15 @@ def check_images(x, y, mask=None, name_x: str = "image", name_y: str = "target")
     """
     sx, sy = np.shape(x), np.shape(y)
     if len(sx) != 2 or len(sy) != 2:
-        raise JaxdrrError(f"metrics compare two 2D images [H, W]; got {name_x} {sx} and {name_y} "
-                          f"{sy} (vmap over leading axes)")
+        raise JaxdrrError(
+            f"metrics compare two 2D images [H, W]; got {name_x} {sx} and {name_y} "
+            f"{sy} (vmap over leading axes)"
+        )
     if sx != sy:
-        raise JaxdrrError(f"{name_x} shape {sx} does not match {name_y} shape {sy}: render the DRR "
-                          "with the target's detector size (height, width) and intrinsics")
+        raise JaxdrrError(
+            f"{name_x} shape {sx} does not match {name_y} shape {sy}: render the DRR "
+            "with the target's detector size (height, width) and intrinsics"
+        )
     if _concrete(y) and not np.all(np.isfinite(np.asarray(y))):
         bad = int(np.sum(~np.isfinite(np.asarray(y))))
         raise JaxdrrError(f"{name_y} has {bad} non-finite pixel(s) (NaN/Inf); clean or mask them")
@@ -142,8 +156,9 @@ def patch_ncc(x, y, patch_size: int = 16, mask=None) -> jax.Array:
     y = jnp.asarray(y, x.dtype)
     patch_size = int(patch_size)
     if patch_size < 2 or patch_size > min(x.shape):
-        raise JaxdrrError(f"patch_size must be in [2, {min(x.shape)}] for a {x.shape} image, "
-                          f"got {patch_size}")
+        raise JaxdrrError(
+            f"patch_size must be in [2, {min(x.shape)}] for a {x.shape} image, got {patch_size}"
+        )
     w = _weights(x.shape, mask, x.dtype)
     tx, ty, tw = _tiles(x, patch_size), _tiles(y, patch_size), _tiles(w, patch_size)
     per_tile = _ncc_weighted(tx, ty, tw, axes=1)
@@ -177,8 +192,13 @@ def mse(x, y, mask=None) -> jax.Array:
     return -jnp.sum(w * (x - y) ** 2) / jnp.maximum(jnp.sum(w), EPS)
 
 
-_BY_NAME: dict[str, Callable] = {"ncc": ncc, "gncc": gradient_ncc, "patch_ncc": patch_ncc,
-                                 "mncc": multiscale_ncc, "mse": mse}
+_BY_NAME: dict[str, Callable] = {
+    "ncc": ncc,
+    "gncc": gradient_ncc,
+    "patch_ncc": patch_ncc,
+    "mncc": multiscale_ncc,
+    "mse": mse,
+}
 
 
 def similarity(name: str) -> Callable:

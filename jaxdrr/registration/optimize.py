@@ -32,7 +32,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,8 +58,16 @@ from jaxdrr.volume import Volume
 SCHEDULES = ("cosine", "exponential", "constant")
 OPTIMIZERS = ("adam", "lbfgs")
 
-__all__ = ["RegistrationConfig", "RegistrationResult", "register", "make_loss_fn",
-           "downsample_image", "level_camera_shape", "SCHEDULES", "OPTIMIZERS"]
+__all__ = [
+    "RegistrationConfig",
+    "RegistrationResult",
+    "register",
+    "make_loss_fn",
+    "downsample_image",
+    "level_camera_shape",
+    "SCHEDULES",
+    "OPTIMIZERS",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +122,9 @@ class RegistrationConfig:
         try:
             levels = tuple((int(lv[0]), int(lv[1])) + tuple(str(o) for o in lv[2:3]) for lv in self.levels)
         except (TypeError, ValueError, IndexError) as e:
-            raise JaxdrrError(f"levels must be ((factor, iterations[, optimizer]), ...), got {self.levels}") from e
+            raise JaxdrrError(
+                f"levels must be ((factor, iterations[, optimizer]), ...), got {self.levels}"
+            ) from e
         if not levels or any(lv[0] < 1 or lv[1] < 0 for lv in levels):
             raise JaxdrrError(f"levels must be non-empty (factor >= 1, iterations >= 0), got {self.levels}")
         if any(lv[2] not in OPTIMIZERS for lv in levels if len(lv) > 2):
@@ -125,7 +136,7 @@ class RegistrationConfig:
         if not self.learning_rate > 0:
             raise JaxdrrError(f"learning_rate must be > 0, got {self.learning_rate}")
 
-    def replace(self, **changes) -> "RegistrationConfig":
+    def replace(self, **changes) -> RegistrationConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -166,8 +177,9 @@ def level_camera_shape(height: int, width: int, factor: int) -> tuple[int, int]:
     """Detector size at a coarse level."""
     h, w = height // factor, width // factor
     if h < 4 or w < 4:
-        raise JaxdrrError(f"level factor {factor} leaves a {h}x{w} detector from {height}x{width}; "
-                          "use smaller factors")
+        raise JaxdrrError(
+            f"level factor {factor} leaves a {h}x{w} detector from {height}x{width}; use smaller factors"
+        )
     return h, w
 
 
@@ -182,8 +194,7 @@ def downsample_image(image, factor: int) -> jax.Array:
     return image[: h * factor, : w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3))
 
 
-def make_loss_fn(render_config: RenderConfig, metric: str, metric_kwargs=(), factor: int = 1
-                 ) -> Callable:
+def make_loss_fn(render_config: RenderConfig, metric: str, metric_kwargs=(), factor: int = 1) -> Callable:
     """``loss(pose, volume, camera, target, mask, params)`` at one detector level (pure).
 
     ``target``/``mask`` must already be at the level's size (:func:`downsample_image`);
@@ -205,9 +216,11 @@ def make_loss_fn(render_config: RenderConfig, metric: str, metric_kwargs=(), fac
 
 def _make_optimizer(config: RegistrationConfig, factor: int, iterations: int, optimizer: str):
     if optimizer == "lbfgs":
-        return optax.lbfgs(memory_size=10, linesearch=optax.scale_by_zoom_linesearch(
-            max_linesearch_steps=12, initial_guess_strategy="one"))
-    lr = config.learning_rate * factor ** config.level_lr_scale
+        return optax.lbfgs(
+            memory_size=10,
+            linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=12, initial_guess_strategy="one"),
+        )
+    lr = config.learning_rate * factor**config.level_lr_scale
     steps = max(iterations, 1)
     if config.schedule == "constant":
         sched = lr
@@ -219,8 +232,14 @@ def _make_optimizer(config: RegistrationConfig, factor: int, iterations: int, op
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_step(render_config: RenderConfig, config: RegistrationConfig, factor: int,
-                   iterations: int, batched: bool, optimizer: str):
+def _compiled_step(
+    render_config: RenderConfig,
+    config: RegistrationConfig,
+    factor: int,
+    iterations: int,
+    batched: bool,
+    optimizer: str,
+):
     loss_fn = make_loss_fn(render_config, config.metric, config.metric_kwargs, factor)
     opt = _make_optimizer(config, factor, iterations, optimizer)
 
@@ -256,11 +275,14 @@ def check_problem(target, camera: Camera, mask=None) -> tuple[np.ndarray, np.nda
         raise JaxdrrError(
             f"X-ray image is {target.shape[0]}x{target.shape[1]} but the camera/intrinsics describe a "
             f"{camera.height}x{camera.width} detector; pass matching intrinsics or rescale them "
-            "(jaxdrr.geometry.rescale_detector)")
+            "(jaxdrr.geometry.rescale_detector)"
+        )
     check_intrinsics(camera.K, camera.height, camera.width)
     if not np.all(np.isfinite(target)):
-        raise JaxdrrError(f"the X-ray has {int(np.sum(~np.isfinite(target)))} non-finite pixel(s) "
-                          "(NaN/Inf); fix or mask them (and pass the mask)")
+        raise JaxdrrError(
+            f"the X-ray has {int(np.sum(~np.isfinite(target)))} non-finite pixel(s) "
+            "(NaN/Inf); fix or mask them (and pass the mask)"
+        )
     dtype = jnp.result_type(float)
     if mask is None:
         mask = np.ones(target.shape, dtype)
@@ -271,10 +293,19 @@ def check_problem(target, camera: Camera, mask=None) -> tuple[np.ndarray, np.nda
     return target.astype(dtype), mask
 
 
-def register(volume: Volume, target, camera: Camera, *, init: Pose | None = None,
-             config: RegistrationConfig | None = None,
-             render_config: RenderConfig | None = None, params=None, mask=None, key=None,
-             callback: Callable[[dict[str, Any]], None] | None = None) -> RegistrationResult:
+def register(
+    volume: Volume,
+    target,
+    camera: Camera,
+    *,
+    init: Pose | None = None,
+    config: RegistrationConfig | None = None,
+    render_config: RenderConfig | None = None,
+    params=None,
+    mask=None,
+    key=None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> RegistrationResult:
     """Finds the pose whose DRR best matches ``target``.
 
     Args:
@@ -295,13 +326,13 @@ def register(volume: Volume, target, camera: Camera, *, init: Pose | None = None
     """
     config = config or RegistrationConfig()
     target, mask = check_problem(target, camera, mask)
-    rc = (render_config or RenderConfig()).replace(height=camera.height, width=camera.width,
-                                                   noise=None)
+    rc = (render_config or RenderConfig()).replace(height=camera.height, width=camera.width, noise=None)
     params = params if params is not None else default_params(rc)
     if init is None:
         init = Pose.identity(config.parameterization, config.radius_mm)
     if (init.parameterization, init.radius_mm) != (config.parameterization, config.radius_mm):
         from jaxdrr.registration.pose import convert
+
         init = convert(init, config.parameterization, config.radius_mm)
     if key is None:
         key = jax.random.key(config.seed)
@@ -310,11 +341,18 @@ def register(volume: Volume, target, camera: Camera, *, init: Pose | None = None
     S = config.n_starts
     batched = S > 1
     if batched:
-        extra = random_pose(key, config.start_rotation_deg, config.start_translation_mm,
-                            config.parameterization, config.radius_mm, batch_shape=(S - 1,))
+        extra = random_pose(
+            key,
+            config.start_rotation_deg,
+            config.start_translation_mm,
+            config.parameterization,
+            config.radius_mm,
+            batch_shape=(S - 1,),
+        )
         # Compose approximately: perturbations add to the initial parameters (small motions).
         pose = jax.tree_util.tree_map(
-            lambda a, b: jnp.concatenate([a[None], a[None] + b], axis=0), init, extra)
+            lambda a, b: jnp.concatenate([a[None], a[None] + b], axis=0), init, extra
+        )
     else:
         pose = init
 
@@ -328,8 +366,7 @@ def register(volume: Volume, target, camera: Camera, *, init: Pose | None = None
         factor, iterations = level[:2]
         optimizer = level[2] if len(level) > 2 else config.optimizer
         level_batched = batched and li == 0
-        step, init_fn, evaluate = _compiled_step(rc, config, factor, iterations, level_batched,
-                                                 optimizer)
+        step, init_fn, evaluate = _compiled_step(rc, config, factor, iterations, level_batched, optimizer)
         tgt = downsample_image(target, factor)
         msk = downsample_image(mask, factor)
         state = init_fn(pose)
@@ -345,8 +382,8 @@ def register(volume: Volume, target, camera: Camera, *, init: Pose | None = None
             if level_batched:
                 sel = jnp.asarray(value < best)
                 best_pose = jax.tree_util.tree_map(
-                    lambda b, p: jnp.where(sel.reshape((-1,) + (1,) * (p.ndim - 1)), p, b),
-                    best_pose, pose)
+                    lambda b, p: jnp.where(sel.reshape((-1,) + (1,) * (p.ndim - 1)), p, b), best_pose, pose
+                )
             elif value < best:
                 best_pose = pose
             best = np.minimum(best, value)
@@ -354,11 +391,16 @@ def register(volume: Volume, target, camera: Camera, *, init: Pose | None = None
             pose = new_pose
             n_iter += 1
             kept = int(np.argmin(value)) if level_batched else 0
-            rec = {"level": li, "factor": factor, "iteration": it,
-                   "loss": float(value[kept] if level_batched else value),
-                   "rotation": np.asarray(pose.rotation[kept] if level_batched else pose.rotation).tolist(),
-                   "translation": np.asarray(pose.translation[kept] if level_batched
-                                             else pose.translation).tolist()}
+            rec = {
+                "level": li,
+                "factor": factor,
+                "iteration": it,
+                "loss": float(value[kept] if level_batched else value),
+                "rotation": np.asarray(pose.rotation[kept] if level_batched else pose.rotation).tolist(),
+                "translation": np.asarray(
+                    pose.translation[kept] if level_batched else pose.translation
+                ).tolist(),
+            }
             history.append(rec)
             losses.append(rec["loss"])
             if callback is not None:
@@ -370,8 +412,8 @@ def register(volume: Volume, target, camera: Camera, *, init: Pose | None = None
         if level_batched:
             sel = jnp.asarray(final < best)
             best_pose = jax.tree_util.tree_map(
-                lambda b, p: jnp.where(sel.reshape((-1,) + (1,) * (p.ndim - 1)), p, b),
-                best_pose, pose)
+                lambda b, p: jnp.where(sel.reshape((-1,) + (1,) * (p.ndim - 1)), p, b), best_pose, pose
+            )
             best = np.minimum(best, final)
             start_losses = best.copy()
             best_start = int(np.argmin(best))
@@ -388,8 +430,16 @@ def register(volume: Volume, target, camera: Camera, *, init: Pose | None = None
     R, t = pose_extrinsics(pose, camera)
     P = pose_to_projection(pose, camera)
     elapsed = time.perf_counter() - t0
-    return RegistrationResult(pose=pose, P=np.asarray(P, np.float64), R=np.asarray(R, np.float64),
-                              t=np.asarray(t, np.float64), loss=best_loss,
-                              losses=np.asarray(losses), history=history,
-                              start_losses=start_losses, best_start=best_start,
-                              n_iterations=n_iter, time_s=elapsed)
+    return RegistrationResult(
+        pose=pose,
+        P=np.asarray(P, np.float64),
+        R=np.asarray(R, np.float64),
+        t=np.asarray(t, np.float64),
+        loss=best_loss,
+        losses=np.asarray(losses),
+        history=history,
+        start_losses=start_losses,
+        best_start=best_start,
+        n_iterations=n_iter,
+        time_s=elapsed,
+    )

@@ -80,16 +80,28 @@ _ID6 = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 _IDQ = (1.0, 0.0, 0.0, 0.0)
 
 __all__ = [
-    "PARAMETERIZATIONS", "DEFAULT_RADIUS_MM", "Pose", "Camera", "rotation_matrix",
-    "pose_extrinsics", "pose_to_projection", "pose_from_extrinsics", "pose_from_projection",
-    "pose_from_rotation", "carm_parameters", "camera_from_carm", "random_pose", "convert",
+    "PARAMETERIZATIONS",
+    "DEFAULT_RADIUS_MM",
+    "Pose",
+    "Camera",
+    "rotation_matrix",
+    "pose_extrinsics",
+    "pose_to_projection",
+    "pose_from_extrinsics",
+    "pose_from_projection",
+    "pose_from_rotation",
+    "carm_parameters",
+    "camera_from_carm",
+    "random_pose",
+    "convert",
 ]
 
 
 def _check_param(parameterization: str) -> str:
     if parameterization not in PARAMETERIZATIONS:
-        raise GeometryError(f"unknown rotation parameterization {parameterization!r}; "
-                            f"choose one of {PARAMETERIZATIONS}")
+        raise GeometryError(
+            f"unknown rotation parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}"
+        )
     return parameterization
 
 
@@ -121,15 +133,23 @@ class Pose:
         return cls(children[0], children[1], *aux)
 
     @classmethod
-    def identity(cls, parameterization: str = "so3", radius_mm: float = DEFAULT_RADIUS_MM,
-                 batch_shape: tuple[int, ...] = ()) -> "Pose":
+    def identity(
+        cls,
+        parameterization: str = "so3",
+        radius_mm: float = DEFAULT_RADIUS_MM,
+        batch_shape: tuple[int, ...] = (),
+    ) -> Pose:
         """The zero motion (the reference camera itself)."""
         _check_param(parameterization)
         if not (np.isfinite(radius_mm) and radius_mm > 0):
             raise GeometryError(f"radius_mm must be a positive number of mm, got {radius_mm}")
         dtype = jnp.result_type(float)
-        return cls(jnp.zeros(batch_shape + (ROTATION_DIMS[parameterization],), dtype),
-                   jnp.zeros(batch_shape + (3,), dtype), parameterization, float(radius_mm))
+        return cls(
+            jnp.zeros(batch_shape + (ROTATION_DIMS[parameterization],), dtype),
+            jnp.zeros(batch_shape + (3,), dtype),
+            parameterization,
+            float(radius_mm),
+        )
 
     @property
     def matrix(self) -> jax.Array:
@@ -137,9 +157,12 @@ class Pose:
         return rotation_matrix(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"parameterization": self.parameterization, "radius_mm": self.radius_mm,
-                "rotation": np.asarray(self.rotation).tolist(),
-                "translation_mm": np.asarray(self.translation).tolist()}
+        return {
+            "parameterization": self.parameterization,
+            "radius_mm": self.radius_mm,
+            "rotation": np.asarray(self.rotation).tolist(),
+            "translation_mm": np.asarray(self.translation).tolist(),
+        }
 
 
 def rotation_matrix(pose: Pose) -> jax.Array:
@@ -148,8 +171,10 @@ def rotation_matrix(pose: Pose) -> jax.Array:
     r = pose.radius_mm
     u = jnp.asarray(pose.rotation)
     if u.shape != (ROTATION_DIMS[pose.parameterization],):
-        raise GeometryError(f"a single {pose.parameterization!r} pose needs rotation shape "
-                            f"({ROTATION_DIMS[pose.parameterization]},), got {u.shape}; vmap batches")
+        raise GeometryError(
+            f"a single {pose.parameterization!r} pose needs rotation shape "
+            f"({ROTATION_DIMS[pose.parameterization]},), got {u.shape}; vmap batches"
+        )
     if pose.parameterization == "so3":
         return so3_exp(u / r)
     if pose.parameterization == "6d":
@@ -157,8 +182,9 @@ def rotation_matrix(pose: Pose) -> jax.Array:
     return rotation_from_quaternion(jnp.asarray(_IDQ, u.dtype) + u / (2.0 * r))
 
 
-def pose_from_rotation(R_d, translation, parameterization: str = "so3",
-                       radius_mm: float = DEFAULT_RADIUS_MM) -> Pose:
+def pose_from_rotation(
+    R_d, translation, parameterization: str = "so3", radius_mm: float = DEFAULT_RADIUS_MM
+) -> Pose:
     """A Pose from a rotation matrix R_d and a translation t_d (camera frame, mm)."""
     _check_param(parameterization)
     R_d = jnp.asarray(R_d)
@@ -173,8 +199,12 @@ def pose_from_rotation(R_d, translation, parameterization: str = "so3",
 
 def convert(pose: Pose, parameterization: str, radius_mm: float | None = None) -> Pose:
     """The same motion in another parameterization / scaling (single pose)."""
-    return pose_from_rotation(rotation_matrix(pose), pose.translation, parameterization,
-                              pose.radius_mm if radius_mm is None else radius_mm)
+    return pose_from_rotation(
+        rotation_matrix(pose),
+        pose.translation,
+        parameterization,
+        pose.radius_mm if radius_mm is None else radius_mm,
+    )
 
 
 @jax.tree_util.register_pytree_node_class
@@ -205,7 +235,7 @@ class Camera:
         return cls(*children, *aux)
 
     @classmethod
-    def create(cls, K, R0, t0, height: int, width: int, center=(0.0, 0.0, 0.0)) -> "Camera":
+    def create(cls, K, R0, t0, height: int, width: int, center=(0.0, 0.0, 0.0)) -> Camera:
         """Validated constructor (concrete inputs)."""
         height, width = check_detector(height, width)
         K = np.asarray(K, np.float64)
@@ -213,8 +243,10 @@ class Camera:
         t0 = np.asarray(t0, np.float64).reshape(-1)
         center = np.asarray(center, np.float64).reshape(-1)
         if K.shape != (3, 3) or R0.shape != (3, 3) or t0.shape != (3,) or center.shape != (3,):
-            raise GeometryError(f"camera needs K [3,3], R0 [3,3], t0 [3], center [3]; got "
-                                f"{K.shape}, {R0.shape}, {t0.shape}, {center.shape}")
+            raise GeometryError(
+                f"camera needs K [3,3], R0 [3,3], t0 [3], center [3]; got "
+                f"{K.shape}, {R0.shape}, {t0.shape}, {center.shape}"
+            )
         for name, a in (("K", K), ("R0", R0), ("t0", t0), ("center", center)):
             if not np.all(np.isfinite(a)):
                 raise GeometryError(f"camera {name} contains non-finite values")
@@ -225,11 +257,17 @@ class Camera:
         K = K / K[2, 2]
         check_intrinsics(K, height, width)
         dtype = jnp.result_type(float)
-        return cls(jnp.asarray(K, dtype), jnp.asarray(R0, dtype), jnp.asarray(t0, dtype),
-                   jnp.asarray(center, dtype), height, width)
+        return cls(
+            jnp.asarray(K, dtype),
+            jnp.asarray(R0, dtype),
+            jnp.asarray(t0, dtype),
+            jnp.asarray(center, dtype),
+            height,
+            width,
+        )
 
     @classmethod
-    def from_projection(cls, P, height: int, width: int, center=(0.0, 0.0, 0.0)) -> "Camera":
+    def from_projection(cls, P, height: int, width: int, center=(0.0, 0.0, 0.0)) -> Camera:
         """Reference camera from a 3x4 P (decomposed into K [R | t])."""
         P = check_projection_matrix(P)
         K, R, t = decompose_projection(P)
@@ -240,9 +278,8 @@ class Camera:
         """The reference projection matrix."""
         return projection_matrix(self.K, self.R0, self.t0)
 
-    def with_extrinsics(self, R0, t0) -> "Camera":
-        return dataclasses.replace(self, R0=jnp.asarray(R0, self.R0.dtype),
-                                   t0=jnp.asarray(t0, self.t0.dtype))
+    def with_extrinsics(self, R0, t0) -> Camera:
+        return dataclasses.replace(self, R0=jnp.asarray(R0, self.R0.dtype), t0=jnp.asarray(t0, self.t0.dtype))
 
 
 def check_intrinsics(K, height: int, width: int) -> None:
@@ -254,18 +291,25 @@ def check_intrinsics(K, height: int, width: int) -> None:
         raise GeometryError(
             f"intrinsics do not match the image size: principal point (x={cx:.1f}, y={cy:.1f}) lies "
             f"outside the {height}x{width} image. Were K/P made for another detector size? Rescale "
-            "them with jaxdrr.geometry.rescale_detector or pass the matching image.")
+            "them with jaxdrr.geometry.rescale_detector or pass the matching image."
+        )
 
 
-def camera_from_carm(lao, cran, geometry: CArmGeometry | None = None,
-                     isocenter=(0.0, 0.0, 0.0), center=None) -> Camera:
+def camera_from_carm(
+    lao, cran, geometry: CArmGeometry | None = None, isocenter=(0.0, 0.0, 0.0), center=None
+) -> Camera:
     """Reference camera of a C-arm view (:func:`jaxdrr.geometry.carm`); rotation centre defaults to
     the isocentre."""
     g = geometry or CArmGeometry()
-    R, t = carm_extrinsics(lao, cran, jnp.asarray(isocenter, jnp.result_type(float)),
-                                    g.sid_mm)
-    return Camera.create(np.asarray(g.intrinsics), np.asarray(R), np.asarray(t), g.height, g.width,
-                         isocenter if center is None else center)
+    R, t = carm_extrinsics(lao, cran, jnp.asarray(isocenter, jnp.result_type(float)), g.sid_mm)
+    return Camera.create(
+        np.asarray(g.intrinsics),
+        np.asarray(R),
+        np.asarray(t),
+        g.height,
+        g.width,
+        isocenter if center is None else center,
+    )
 
 
 def pose_extrinsics(pose: Pose, camera: Camera) -> tuple[jax.Array, jax.Array]:
@@ -284,8 +328,9 @@ def pose_to_projection(pose: Pose, camera: Camera) -> jax.Array:
     return projection_matrix(camera.K, R, t)
 
 
-def pose_from_extrinsics(R, t, camera: Camera, parameterization: str = "so3",
-                         radius_mm: float = DEFAULT_RADIUS_MM) -> Pose:
+def pose_from_extrinsics(
+    R, t, camera: Camera, parameterization: str = "so3", radius_mm: float = DEFAULT_RADIUS_MM
+) -> Pose:
     """The Pose that maps ``camera``'s reference to world-to-camera (R, t) (inverse of
     :func:`pose_extrinsics`)."""
     R = jnp.asarray(R)
@@ -296,8 +341,13 @@ def pose_from_extrinsics(R, t, camera: Camera, parameterization: str = "so3",
     return pose_from_rotation(R_d, t_d, parameterization, radius_mm)
 
 
-def pose_from_projection(P, camera: Camera, parameterization: str = "so3",
-                         radius_mm: float = DEFAULT_RADIUS_MM, k_rtol: float = 1e-3) -> Pose:
+def pose_from_projection(
+    P,
+    camera: Camera,
+    parameterization: str = "so3",
+    radius_mm: float = DEFAULT_RADIUS_MM,
+    k_rtol: float = 1e-3,
+) -> Pose:
     """The Pose of a concrete P relative to ``camera`` (NumPy decomposition, not traced).
 
     Raises:
@@ -309,7 +359,8 @@ def pose_from_projection(P, camera: Camera, parameterization: str = "so3",
     if not np.allclose(K, K0, rtol=k_rtol, atol=k_rtol * np.abs(K0).max()):
         raise GeometryError(
             "P's intrinsics differ from the registration camera's:\n"
-            f"K(P) = {np.round(K, 4).tolist()}\nK    = {np.round(K0, 4).tolist()}")
+            f"K(P) = {np.round(K, 4).tolist()}\nK    = {np.round(K0, 4).tolist()}"
+        )
     return pose_from_extrinsics(R, t, camera, parameterization, radius_mm)
 
 
@@ -339,20 +390,33 @@ def carm_parameters(R, t, center=None, sid_mm: float | None = None) -> dict[str,
         c = np.zeros(3) if center is None else np.asarray(center, np.float64)
         sid_mm = float(view @ (c - source))
     isocenter = source + sid_mm * view
-    return {"lao": float(np.rad2deg(lao)), "cran": float(np.rad2deg(cran)),
-            "roll": float(np.rad2deg(roll)), "isocenter": isocenter.tolist(),
-            "sid_mm": float(sid_mm), "source": source.tolist()}
+    return {
+        "lao": float(np.rad2deg(lao)),
+        "cran": float(np.rad2deg(cran)),
+        "roll": float(np.rad2deg(roll)),
+        "isocenter": isocenter.tolist(),
+        "sid_mm": float(sid_mm),
+        "source": source.tolist(),
+    }
 
 
 def carm_rotation_with_roll(lao_deg, cran_deg, roll_deg) -> jax.Array:
     """``Rz(lao) Rx(cran) Ry(roll)`` (degrees): the inverse of :func:`carm_parameters`' angles."""
-    return (rotation_z(jnp.deg2rad(lao_deg)) @ rotation_x(jnp.deg2rad(cran_deg))
-            @ rotation_y(jnp.deg2rad(roll_deg)))
+    return (
+        rotation_z(jnp.deg2rad(lao_deg))
+        @ rotation_x(jnp.deg2rad(cran_deg))
+        @ rotation_y(jnp.deg2rad(roll_deg))
+    )
 
 
-def random_pose(key, max_rotation_deg: float, max_translation_mm: float,
-                parameterization: str = "so3", radius_mm: float = DEFAULT_RADIUS_MM,
-                batch_shape: tuple[int, ...] = ()) -> Pose:
+def random_pose(
+    key,
+    max_rotation_deg: float,
+    max_translation_mm: float,
+    parameterization: str = "so3",
+    radius_mm: float = DEFAULT_RADIUS_MM,
+    batch_shape: tuple[int, ...] = (),
+) -> Pose:
     """Random perturbations: rotation about a uniformly random axis by an angle uniform in
     [0, max_rotation_deg], translation in a uniformly random direction with length uniform in
     [0, max_translation_mm] (camera frame)."""

@@ -1,0 +1,101 @@
+"""The distributions a user installs: sdist and wheel carry the package data, and the wheel,
+installed into a new venv, renders from outside the source tree.
+
+The venv sees this environment's packages (so jax and friends are not downloaded again) but
+jaxdrr itself only from the wheel: the test runs from a temporary directory and asserts that the
+imported module lives in the new venv.
+"""
+
+import os
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jaxdrr
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = [
+    "jaxdrr/py.typed",
+    "jaxdrr/physics/data/attenuation.npz",
+    "jaxdrr/physics/data/PROVENANCE.md",
+    "jaxdrr/physics/data/ipem78_W120kVp_Al4.3mm.csv",
+]
+
+
+def _run(args, **kwargs):
+    """subprocess.run that shows the command's stderr when it fails."""
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kwargs)
+    assert done.returncode == 0, f"{args} failed ({done.returncode}):\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    _run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", out, ROOT])
+    (wheel,) = out.glob("jaxdrr-*.whl")
+    (sdist,) = out.glob("jaxdrr-*.tar.gz")
+    return wheel, sdist
+
+
+def test_version_is_single_sourced(dists):
+    wheel, sdist = dists
+    assert wheel.name.startswith(f"jaxdrr-{jaxdrr.__version__}-")
+    assert sdist.name == f"jaxdrr-{jaxdrr.__version__}.tar.gz"
+
+
+def test_distributions_carry_package_data(dists):
+    wheel, sdist = dists
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in DATA:
+        assert path in names, f"{path} missing from the wheel"
+    members = {m.split("/", 1)[1] for m in tarfile.open(sdist).getnames() if "/" in m}
+    for path in DATA + ["ci/oldest-constraints.txt", "tests/float_bounds.py"]:
+        assert path in members, f"{path} missing from the sdist"
+
+
+def test_wheel_installs_and_renders(dists, tmp_path):
+    wheel, _ = dists
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", venv])
+    py = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    _run([py, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", wheel], env=env)
+    # Then the dependencies come from this environment: a .pth appends its site-packages after the
+    # venv's own, so the wheel's jaxdrr shadows any jaxdrr installed here.
+    site = _run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    Path(site, "test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    probe = _run([py, "-c", "import jaxdrr; print(jaxdrr.__file__)"], cwd=work, env=env)
+    assert Path(probe.stdout.strip()).is_relative_to(venv), probe.stdout
+    version = _run([venv / "bin" / "jaxdrr", "--version"], cwd=work, env=env)
+    assert jaxdrr.__version__ in version.stdout
+    _run(
+        [
+            venv / "bin" / "jaxdrr",
+            "render",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--phantom-size",
+            "32",
+            "32",
+            "32",
+            "--out",
+            "x.png",
+            "--save-npz",
+            "x.npz",
+        ],
+        cwd=work,
+        env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+    )
+    image = np.load(work / "x.npz")["image"]
+    assert image.shape == (32, 32) and np.all(np.isfinite(image)) and image.max() > 0.5
