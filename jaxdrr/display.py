@@ -36,19 +36,8 @@ def window(
     p_lo, p_hi = percentiles
     if not 0.0 <= p_lo <= p_hi <= 100.0:
         raise JaxdrrError(f"percentiles must satisfy 0 <= lower <= upper <= 100, got {percentiles}")
-    # A percentile interpolates between two data values and may round a hair outside them (a
-    # constant image's 99.5th percentile can exceed its value by an ulp); clamping to the data's
-    # range keeps a constant image constant (span exactly 0).
-    lo = (
-        jnp.clip(jnp.percentile(image, p_lo), jnp.min(image), jnp.max(image))
-        if low is None
-        else jnp.asarray(low, image.dtype)
-    )
-    hi = (
-        jnp.clip(jnp.percentile(image, p_hi), jnp.min(image), jnp.max(image))
-        if high is None
-        else jnp.asarray(high, image.dtype)
-    )
+    lo = jnp.percentile(image, p_lo) if low is None else jnp.asarray(low, image.dtype)
+    hi = jnp.percentile(image, p_hi) if high is None else jnp.asarray(high, image.dtype)
     span = hi - lo
     safe_span = jnp.where(span > 0, span, 1.0)
     return jnp.where(span > 0, jnp.clip((image - lo) / safe_span, 0.0, 1.0), jnp.zeros_like(image))

@@ -38,7 +38,9 @@ def _run(args, **kwargs):
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    _run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", out, ROOT])
+    # No --sdist/--wheel flags: build makes the sdist, then the wheel from the unpacked sdist in a
+    # temporary directory, so a stale build/ folder in the checkout cannot leak files into it.
+    _run([sys.executable, "-m", "build", "--outdir", out, ROOT])
     (wheel,) = out.glob("jaxdrr-*.whl")
     (sdist,) = out.glob("jaxdrr-*.tar.gz")
     return wheel, sdist
