@@ -9,12 +9,14 @@ algorithm and asserts a bound computed here from first principles:
   ``delta`` index units: the ray set-up (source and directions from 3x3 solves, an affine map,
   box clipping) and ``entry + s * direction`` are a few roundings of quantities as large as the
   source's index coordinates, the solves amplified by the Skeel condition number of ``P[:, :3]``.
-* **Field values.** The trilinear field is Lipschitz with ``lip`` = the largest difference of
-  neighbouring voxels (per index unit), so a moved sample changes by at most ``lip * delta``
-  (times 3 axes), and its rounding is ``gamma(16) * vmax``.
+* **Field values.** Near a sample the trilinear field's slope (per index unit) is at most the
+  range of the voxels around it (its cell and the cells a position error can reach), so a moved
+  sample changes by at most that range times ``delta`` (times 3 axes), and its rounding is
+  ``gamma(16)`` times their largest value.
 * **Field gradients** jump across voxel faces. A sample within ``delta`` of a face (on a
   non-plane axis) may be evaluated on either side; its gradient term may then differ by up to
-  ``2 * lip`` per axis. Samples farther away move the gradient by at most ``2 * lip * delta``.
+  twice the local range per axis. Samples farther away move it by at most twice that times
+  ``delta``.
 * **Sample counts.** ``num_steps = ceil(chord / step)`` (or the plane count) can differ by one
   when the float64 value is within ``delta`` of an integer; such rays are flagged and bounded as
   if every sample could move (uniform steps) or one sample could appear (planes).
@@ -63,6 +65,8 @@ class MarchAnalysis:
     planes: bool
     lip: np.ndarray  # [C] largest neighbour difference per index unit
     vmax: np.ndarray  # [C]
+    local_slope: np.ndarray  # [R, K, C] voxel range around each sample: bounds the slope there
+    local_abs: np.ndarray  # [R, K, C] largest |voxel| around each sample
     padded_shape: tuple[int, int, int]
     jac: np.ndarray | None  # [R, K, 3, 12] d position / d P (index units per unit of P), or None
 
@@ -124,6 +128,16 @@ def analyse(volume, affine, P, height, width, step_mm=None, with_jacobian=False)
     lip = np.zeros(vol.shape[0])
     for ax in (1, 2, 3):
         lip = np.maximum(lip, np.abs(np.diff(padded, axis=ax)).max(axis=(1, 2, 3)))
+    # Around a sample (its cell and the neighbouring cells a float32 position error can reach:
+    # voxels floor(p) - 1 .. floor(p) + 2), the field's slope per index unit is at most the range
+    # of those voxels, and its magnitude at most their largest |value|.
+    block = np.lib.stride_tricks.sliding_window_view(
+        np.pad(padded, ((0, 0), (1, 2), (1, 2), (1, 2))), (4, 4, 4), axis=(1, 2, 3)
+    )
+    hi_, lo_ = block.max(axis=(-3, -2, -1)), block.min(axis=(-3, -2, -1))  # [C, I+2, J+2, K+2]
+    base = np.clip(np.floor(pos), 0, np.asarray(grid.padded_shape) - 1).astype(int)  # [R, K, 3]
+    local_hi = np.moveaxis(hi_[:, base[..., 0], base[..., 1], base[..., 2]], 0, -1) * valid[..., None]
+    local_lo = np.moveaxis(lo_[:, base[..., 0], base[..., 1], base[..., 2]], 0, -1) * valid[..., None]
     return MarchAnalysis(
         pos,
         valid,
@@ -135,6 +149,8 @@ def analyse(volume, affine, P, height, width, step_mm=None, with_jacobian=False)
         planes,
         lip,
         np.abs(vol).max(axis=(1, 2, 3)),
+        local_hi - local_lo,
+        np.maximum(np.abs(local_hi), np.abs(local_lo)),
         grid.padded_shape,
         jac,
     )
@@ -165,11 +181,8 @@ def well_conditioned_rays(a: MarchAnalysis) -> np.ndarray:
 def forward_bound(a: MarchAnalysis) -> np.ndarray:
     """[R, C] bound on |float32 line integral - float64 line integral| (channel units x mm)."""
     n = a.num_steps.astype(np.float64)
-    per_sample = 3.0 * a.lip[None, :] * a.delta[:, None] + gamma(SAMPLE_ROUNDINGS) * a.vmax[None, :]
-    bound = (
-        a.step[:, None] * n[:, None] * per_sample
-        + gamma(n + 2)[:, None] * a.step[:, None] * n[:, None] * a.vmax
-    )
+    per_sample = 3.0 * a.local_slope * a.delta[:, None, None] + gamma(SAMPLE_ROUNDINGS) * a.local_abs
+    bound = a.step[:, None] * (per_sample.sum(1) + gamma(n + 2)[:, None] * a.local_abs.sum(1))
     # A sample count off by one: uniform steps move every sample by up to a step (1.8 index units
     # at most), planes add or drop one end sample.
     extra = np.where(a.planes, 1.0, n)[:, None] * a.step[:, None] * a.vmax[None, :]
@@ -210,13 +223,12 @@ def pose_gradient_bound(a: MarchAnalysis, cotangent) -> np.ndarray:
     """[3, 4] bound on the float32 error of VJP(cotangent [R, C]) w.r.t. P."""
     assert a.jac is not None, "analyse(..., with_jacobian=True) is needed for pose gradients"
     g = np.abs(np.asarray(cotangent, np.float64)).reshape(len(a.step), -1)  # [R, C]
-    lip = a.lip  # [C]
     J = np.abs(a.jac).sum(axis=2)  # [R, K, 12]: |d x / d P_j| summed over the 3 axes
     # Per sample and channel: the slope error (jump at a face, or slope change by moving delta),
     # plus rounding of the chain product and of the sums, relative to the largest slope term.
     jump = np.where(a.near_face | a.ambiguous[:, None], 2.0, 2.0 * a.delta[:, None])  # [R, K]
     n_terms = float(np.sum(a.num_steps)) * 12 + 64
-    per = (jump[..., None] + gamma(n_terms + SETUP_ROUNDINGS)) * lip[None, None, :]  # [R, K, C]
+    per = (jump[..., None] + gamma(n_terms + SETUP_ROUNDINGS)) * a.local_slope  # [R, K, C]
     per = per * a.valid[..., None] * a.step[:, None, None]
     weighted = np.einsum("rkc,rc->rk", per, g)  # [R, K]
     return np.einsum("rk,rkj->j", weighted, J).reshape(3, 4)
@@ -227,7 +239,7 @@ def ray_cotangent_bound(a: MarchAnalysis, cotangent) -> tuple[np.ndarray, np.nda
     g = np.abs(np.asarray(cotangent, np.float64)).reshape(len(a.step), -1)
     jump = np.where(a.near_face | a.ambiguous[:, None], 2.0, 2.0 * a.delta[:, None])
     n_terms = a.num_steps.astype(np.float64)[:, None] + 16
-    per = (jump[..., None] + gamma(n_terms + SAMPLE_ROUNDINGS)[:, None]) * a.lip[None, None, :]
+    per = (jump[..., None] + gamma(n_terms + SAMPLE_ROUNDINGS)[:, None]) * a.local_slope
     per = np.einsum("rkc,rc->rk", per * a.valid[..., None] * a.step[:, None, None], g)  # [R, K]
     s = (np.arange(per.shape[1])[None, :] + 0.5) * a.step[:, None]  # distance of sample k (mm)
     entry = np.sum(per, axis=1)
