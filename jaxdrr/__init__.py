@@ -1,6 +1,7 @@
 """jaxdrr: realistic, differentiable X-ray simulation from CT in JAX.
 
-Data flow: io -> volume -> materials -> ops -> render -> noise -> image. The main entry points::
+Data flow: io -> volume -> materials -> ops -> render -> noise -> image; scatter (Monte Carlo
+transport) beside render. The main entry points::
 
     volume = jaxdrr.load_volume("ct.nii.gz")            # or jaxdrr.phantom()
     P = jaxdrr.geometry.carm(lao=30, cran=10)
@@ -9,7 +10,16 @@ Data flow: io -> volume -> materials -> ops -> render -> noise -> image. The mai
     image = jax.jit(render)(jaxdrr.default_params(config), volume, P, jax.random.key(0))
 """
 
-from jaxdrr import display, geometry, materials, noise, ops, physics, spectral
+from jaxdrr import (
+    display,
+    geometry,
+    materials,
+    noise,
+    ops,
+    physics,
+    scatter,
+    spectral,
+)
 from jaxdrr._version import __version__
 from jaxdrr.errors import GeometryError, JaxdrrError, LoadError, VolumeError
 from jaxdrr.io import format_volume_info, load_npz, load_volume, save_image, save_npz, volume_info
@@ -55,6 +65,7 @@ __all__ = [
     "physics",
     "materials",
     "spectral",
+    "scatter",
     "noise",
     "display",
     "JaxdrrError",

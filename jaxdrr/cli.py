@@ -3,6 +3,7 @@
     jaxdrr render [--ct CT] [--lao A ...] [--cran B ...] --out xray.png [--save-npz xray.npz]
     jaxdrr info CT
     jaxdrr register --ct CT --xray xray.npz --out pose.json
+    jaxdrr mc [--ct CT] --photons 1e8 --out mc.npz
 
 ``render`` with several ``--lao``/``--cran`` values renders every combination as one vmapped batch
 per ``--batch`` views, writing ``<out stem>_<index>.<ext>`` atomically and skipping views whose
@@ -355,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
         registration_cli = None
     if registration_cli is not None:
         registration_cli.add_parser(sub)
+    from jaxdrr.scatter import cli as mc_cli
+
+    mc_cli.add_parser(sub)
     return parser
 
 
@@ -372,6 +376,10 @@ def main(argv=None) -> int:
             from jaxdrr.registration import cli as registration_cli
 
             return registration_cli.run(args)
+        if args.command == "mc":
+            from jaxdrr.scatter import cli as mc_cli
+
+            return mc_cli.run(args)
     except (JaxdrrError, FileNotFoundError, ImportError) as e:
         print(f"jaxdrr {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,41 @@
+"""Monte Carlo X-ray transport: scatter images, dose, and the reference for learned scatter models.
+
+* :func:`monte_carlo` (:mod:`jaxdrr.scatter.monte_carlo`): the public entry point, same inputs as the
+  renderer; returns primary / single-Compton / single-Rayleigh / multiple-scatter images in renderer
+  units and the deposited energy per voxel.
+* :mod:`jaxdrr.scatter.transport`: the jittable photon-lane kernel (Woodcock tracking, interaction
+  sampling, tallies).
+* :mod:`jaxdrr.scatter.interactions`: cross sections and sampling tables from xraylib (shipped for
+  the built-in materials, computed at run time for user compositions).
+
+See docs/monte_carlo.md for the method, units and validation.
+"""
+
+from jaxdrr.scatter.interactions import InteractionDataError, InteractionTables, compute_tables, tables_for
+from jaxdrr.scatter.monte_carlo import (
+    CSI,
+    IMAGE_NAMES,
+    LEAD,
+    DetectorAbsorption,
+    GridConfig,
+    MonteCarloConfig,
+    monte_carlo,
+    prepare,
+    woodcock_majorant,
+)
+
+__all__ = [
+    "monte_carlo",
+    "MonteCarloConfig",
+    "DetectorAbsorption",
+    "GridConfig",
+    "CSI",
+    "LEAD",
+    "IMAGE_NAMES",
+    "prepare",
+    "woodcock_majorant",
+    "InteractionTables",
+    "InteractionDataError",
+    "compute_tables",
+    "tables_for",
+]

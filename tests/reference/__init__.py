@@ -1,0 +1,1 @@
+"""Independent NumPy reference calculations used by the tests (no jaxdrr transport code)."""
