@@ -8,6 +8,10 @@ transport) beside render. The main entry points::
     config = jaxdrr.RenderConfig(height=256, width=256, noise=jaxdrr.NoiseConfig())
     render = jaxdrr.make_renderer(config)
     image = jax.jit(render)(jaxdrr.default_params(config), volume, P, jax.random.key(0))
+
+Materials (``jaxdrr.materials``): ``RenderConfig(materials="thresholds" | "thresholds+metal" |
+"vnet")``; ``jaxdrr.decompose(params, volume, config)`` turns a CT into a density volume once (the
+fast path for many renders of one CT, and the way to use a label map).
 """
 
 from jaxdrr import (
@@ -23,7 +27,7 @@ from jaxdrr import (
 from jaxdrr._version import __version__
 from jaxdrr.errors import GeometryError, JaxdrrError, LoadError, VolumeError
 from jaxdrr.io import format_volume_info, load_npz, load_volume, save_image, save_npz, volume_info
-from jaxdrr.materials import MaterialConfig
+from jaxdrr.materials import MaterialConfig, decompose
 from jaxdrr.noise import NoiseConfig
 from jaxdrr.ops import project
 from jaxdrr.phantoms import phantom
@@ -60,6 +64,7 @@ __all__ = [
     "line_integrals",
     "image_from_line_integrals",
     "material_densities",
+    "decompose",
     "geometry",
     "ops",
     "physics",

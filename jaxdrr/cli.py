@@ -1,9 +1,11 @@
 """The ``jaxdrr`` command line: a thin layer over the library.
 
-    jaxdrr render [--ct CT] [--lao A ...] [--cran B ...] --out xray.png [--save-npz xray.npz]
+    jaxdrr render [--ct CT | --phantom pelvis|chest|abdomen|limb|analytic] [--lao A ...] [--cran B ...]
+                  --out xray.png [--save-npz xray.npz]
     jaxdrr info CT
     jaxdrr register --ct CT --xray xray.npz --out pose.json
     jaxdrr mc [--ct CT] --photons 1e8 --out mc.npz
+    jaxdrr segment CT --out materials.nii.gz [--method vnet|thresholds|labels] [--labels SEG --mapping M]
 
 ``render`` with several ``--lao``/``--cran`` values renders every combination as one vmapped batch
 per ``--batch`` views, writing ``<out stem>_<index>.<ext>`` atomically and skipping views whose
@@ -35,8 +37,9 @@ def _add_render_parser(sub) -> None:
     src.add_argument(
         "--ct",
         default="phantom",
-        help="NIfTI file, DICOM series directory, or 'phantom' for the built-in pelvis phantom",
+        help="NIfTI file, DICOM series directory, or 'phantom' for the built-in phantom (see --phantom)",
     )
+    _add_phantom_option(src)
     src.add_argument(
         "--series-uid", default=None, help="DICOM SeriesInstanceUID when the directory holds several series"
     )
@@ -44,9 +47,10 @@ def _add_render_parser(sub) -> None:
         "--phantom-size",
         type=int,
         nargs=3,
-        default=(192, 160, 128),
+        default=None,
         metavar=("I", "J", "K"),
-        help="voxels of the built-in phantom",
+        help="voxels of the built-in phantom (default: analytic 192 160 128; the anatomical phantoms: "
+        "their field of view at 1.6-1.75 mm, 1 mm for the knee)",
     )
     geo = p.add_argument_group("geometry (C-arm, RAS+ world, angles in degrees)")
     geo.add_argument("--lao", type=float, nargs="+", default=[0.0], help="LAO angle(s); negative = RAO")
@@ -88,6 +92,9 @@ def _add_render_parser(sub) -> None:
         "--spectrum-csv", default=None, help="CSV with columns energy_keV,fluence (overrides --kvp)"
     )
     phys.add_argument("--hu-to-density", choices=("deepdrr", "schneider"), default="deepdrr")
+    from jaxdrr.materials.cli import add_material_options
+
+    add_material_options(phys, render=True)
     phys.add_argument(
         "--detector", choices=("ei", "pc"), default="ei", help="energy-integrating or photon-counting"
     )
@@ -149,11 +156,30 @@ def _step(text: str):
     return value
 
 
+PHANTOMS = ("pelvis", "chest", "abdomen", "limb", "analytic")
+
+
+def _add_phantom_option(group) -> None:
+    group.add_argument(
+        "--phantom",
+        choices=PHANTOMS,
+        default="pelvis",
+        help="the built-in CT used with --ct phantom: a detailed procedural adult CT of the pelvis "
+        "(lumbar spine to the proximal femurs), chest, abdomen or a knee ('limb'), generated "
+        "deterministically in a few seconds (jaxdrr.phantoms.demo_volume); or 'analytic', the smooth "
+        "painted pelvis of ellipsoids with exact line integrals (jaxdrr.phantom())",
+    )
+
+
 def _load_ct(args):
     import jaxdrr
 
     if args.ct == "phantom":
-        return jaxdrr.phantom(shape=tuple(args.phantom_size))
+        size = getattr(args, "phantom_size", None)
+        kind = getattr(args, "phantom", "analytic")
+        if kind == "analytic":
+            return jaxdrr.phantom(shape=tuple(size) if size is not None else (192, 160, 128))
+        return jaxdrr.phantom(kind=kind, shape=None if size is None else tuple(size))
     return jaxdrr.load_volume(args.ct, series_uid=getattr(args, "series_uid", None))
 
 
@@ -224,13 +250,17 @@ def run_render(args) -> int:
 
     import jaxdrr
     from jaxdrr.geometry import carm
-    from jaxdrr.materials import MaterialConfig
+    from jaxdrr.materials.cli import materials_from_args
 
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         tqdm = None
     volume = _load_ct(args)
+    method, _, labels_path = args.materials.partition(":")
+    materials, labels, mapping, mapping_source = materials_from_args(
+        args, volume, method, labels_path or None
+    )
     g = _carm_geometry(args)
     iso = np.asarray(args.isocenter if args.isocenter is not None else volume.center, np.float64)
     noise = None if args.no_noise else jaxdrr.NoiseConfig(readout_noise_std=args.read_noise)
@@ -238,7 +268,7 @@ def run_render(args) -> int:
         height=g.height,
         width=g.width,
         step_mm=args.step,
-        materials=MaterialConfig(hu_to_density=args.hu_to_density),
+        materials=materials,
         detector=args.detector,
         output=args.output,
         noise=noise,
@@ -247,6 +277,18 @@ def run_render(args) -> int:
     )
     spectrum = _spectrum(args)
     params = jaxdrr.default_params(config, spectrum)
+    if materials.method != "thresholds":
+        # Decompose once (the V-Net or the label map), then render the density volume per view.
+        t_dec = time.perf_counter()
+        volume = jax.jit(lambda p, v, lab: jaxdrr.decompose(p, v, materials, labels=lab, mapping=mapping))(
+            params, volume, labels
+        )
+        volume.data.block_until_ready()
+        print(
+            f"decomposed the CT into {', '.join(materials.names)} ({materials.method}"
+            + (f", {mapping_source}" if mapping_source else "")
+            + f") in {time.perf_counter() - t_dec:.2f} s"
+        )
     views = list(itertools.product(args.lao, args.cran))
     outs = _output_paths(args.out, len(views))
     npzs = _output_paths(args.save_npz, len(views)) if args.save_npz else [None] * len(views)
@@ -312,6 +354,8 @@ def run_render(args) -> int:
                     view_index=i,
                     ct=str(args.ct),
                     hu_to_density=args.hu_to_density,
+                    materials=args.materials,
+                    material_names=list(materials.names),
                 )
         if bar:
             bar.update(len(idx))
@@ -349,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print a volume's shape, spacing, HU range and world box")
     info.add_argument("ct", help="NIfTI file, DICOM directory or 'phantom'")
     info.add_argument("--series-uid", default=None)
-    info.add_argument("--phantom-size", type=int, nargs=3, default=(192, 160, 128))
+    _add_phantom_option(info)
+    info.add_argument("--phantom-size", type=int, nargs=3, default=None)
     try:
         from jaxdrr.registration import cli as registration_cli
     except ImportError:
@@ -359,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxdrr.scatter import cli as mc_cli
 
     mc_cli.add_parser(sub)
+    from jaxdrr.materials import cli as materials_cli
+
+    materials_cli.add_parser(sub)
     return parser
 
 
@@ -380,6 +428,10 @@ def main(argv=None) -> int:
             from jaxdrr.scatter import cli as mc_cli
 
             return mc_cli.run(args)
+        if args.command == "segment":
+            from jaxdrr.materials import cli as materials_cli
+
+            return materials_cli.run(args)
     except (JaxdrrError, FileNotFoundError, ImportError) as e:
         print(f"jaxdrr {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -4,10 +4,12 @@ A renderer is built from a static :class:`RenderConfig` by :func:`make_renderer`
 may change between calls or be differentiated lives in its arguments:
 
 * ``params``: a pytree of physics tables (:func:`default_params`): the energy grid, the emitted
-  photon spectrum and the mass attenuation of each material channel. Differentiable too (e.g.
-  w.r.t. the spectrum).
+  photon spectrum and the mass attenuation of each material channel, plus the V-Net weights
+  (``"vnet"``) when the materials method is ``"vnet"``. Differentiable too (e.g. w.r.t. the
+  spectrum).
 * ``volume``: a :class:`jaxdrr.Volume` of HU (decomposed into material densities here) or of
-  per-material densities (``kind="density"``, used as is).
+  per-material densities (``kind="density"``, used as is; :func:`jaxdrr.decompose` makes one once
+  per CT, the fast path when one CT is rendered many times, and the only one for label maps).
 * ``P``: the 3x4 projection matrix (traced; ``vmap`` over it for many poses).
 * ``key``: a PRNG key, used only by the noise model.
 
@@ -29,7 +31,9 @@ from jaxdrr import noise as noise_lib
 from jaxdrr import spectral
 from jaxdrr.errors import JaxdrrError, VolumeError
 from jaxdrr.geometry.projection import check_detector
-from jaxdrr.materials import MaterialConfig
+from jaxdrr.materials import MaterialConfig, as_material_config
+from jaxdrr.materials.densities import densities_from_fractions
+from jaxdrr.materials.segmentation import material_fractions
 from jaxdrr.ops.project import BACKENDS, project
 from jaxdrr.physics import spectra as spectra_lib
 from jaxdrr.volume import Volume
@@ -54,7 +58,13 @@ class RenderConfig:
         ray's dominant axis, Joseph's method, about 2x faster than half-voxel steps; see
         :func:`jaxdrr.ops.rays.clip_rays_to_planes`), a step in mm, or None for half the
         smallest voxel spacing.
-      materials: HU -> material-density model (:class:`jaxdrr.materials.MaterialConfig`).
+      materials: HU -> material-density model (:class:`jaxdrr.materials.MaterialConfig`), or a
+        preset name converted to one: ``"thresholds"`` (the default three channels),
+        ``"thresholds+metal"``, ``"vnet"`` or ``"labels"`` (four channels with a titanium metal
+        channel; see :func:`jaxdrr.materials.as_material_config`). With ``"vnet"`` the network
+        runs inside every render of an HU volume (slow; decompose once with
+        :func:`jaxdrr.decompose` instead); ``"labels"`` needs a density volume from
+        :func:`jaxdrr.decompose`.
       detector: ``"ei"`` energy-integrating (signal = deposited energy, the flat panels of C-arms)
         or ``"pc"`` photon-counting.
       output: ``"log"`` (-ln of the transmission: physical line-integral units, not normalised),
@@ -72,7 +82,7 @@ class RenderConfig:
     height: int = 512
     width: int = 512
     step_mm: float | str | None = "planes"
-    materials: MaterialConfig = MaterialConfig()
+    materials: MaterialConfig | str = MaterialConfig()
     detector: str = "ei"
     output: str = "log"
     noise: noise_lib.NoiseConfig | None = None
@@ -82,6 +92,8 @@ class RenderConfig:
 
     def __post_init__(self):
         check_detector(self.height, self.width)
+        if not isinstance(self.materials, MaterialConfig):
+            object.__setattr__(self, "materials", as_material_config(self.materials))
         if self.detector not in DETECTORS:
             raise JaxdrrError(f"detector must be one of {DETECTORS}, got {self.detector!r}")
         if self.output not in OUTPUTS:
@@ -113,7 +125,7 @@ def default_spectrum(kvp: int = 120) -> spectra_lib.Spectrum:
 def default_params(
     config: RenderConfig | None = None, spectrum: spectra_lib.Spectrum | None = None
 ) -> dict[str, jax.Array]:
-    """Physics tables as a pytree: ``{"energies", "spectrum", "mu_rho"}``.
+    """Physics tables as a pytree: ``{"energies", "spectrum", "mu_rho"}`` (+ ``"vnet"``).
 
     Args:
       config: supplies the material channels (default :class:`RenderConfig` ()).
@@ -121,7 +133,9 @@ def default_params(
         :func:`jaxdrr.physics.spekpy_spectrum` or :func:`jaxdrr.physics.from_arrays` for others.
 
     Returns:
-      energies [E] keV, spectrum [E] photon fractions (sum 1), mu_rho [M, E] cm^2/g (float32).
+      energies [E] keV, spectrum [E] photon fractions (sum 1), mu_rho [M, E] cm^2/g (float32);
+      with ``config.materials.method == "vnet"`` also ``"vnet"``: the shipped network weights
+      (:func:`jaxdrr.models.vnet.load_pretrained`), a pytree that can be replaced or differentiated.
     """
     config = config or RenderConfig()
     spectrum = spectrum or default_spectrum()
@@ -131,22 +145,49 @@ def default_params(
     energies, weights = energies[keep], weights[keep] / weights[keep].sum()
     mu_rho = config.materials.mass_attenuation(energies)
     dtype = jnp.result_type(float)
-    return {
+    params = {
         "energies": jnp.asarray(energies, dtype),
         "spectrum": jnp.asarray(weights, dtype),
         "mu_rho": jnp.asarray(mu_rho, dtype),
     }
+    if config.materials.method == "vnet":
+        from jaxdrr.materials.network import pretrained
+
+        params["vnet"] = pretrained()[1]
+    return params
 
 
-def material_densities(volume: Volume, materials: MaterialConfig) -> jax.Array:
-    """[M, I, J, K] densities (g/cm^3) of a volume: decomposed from HU, or as given."""
+def material_densities(volume: Volume, materials: MaterialConfig | str, params=None) -> jax.Array:
+    """[M, I, J, K] densities (g/cm^3) of a volume: decomposed from HU, or as given.
+
+    Args:
+      volume: HU (decomposed here with ``materials``) or densities (``kind="density"``, used as is).
+      materials: the material model (a :class:`MaterialConfig` or a preset name).
+      params: render params; for ``method="vnet"`` the network weights are ``params["vnet"]``
+        (None: the shipped weights). The network then runs here, on every call: decompose once
+        with :func:`jaxdrr.decompose` when one CT is rendered many times.
+
+    Raises:
+      JaxdrrError: ``method="labels"`` with an HU volume (call :func:`jaxdrr.decompose` with the
+        label map first).
+    """
     if not isinstance(volume, Volume):
         raise VolumeError(
             f"expected a jaxdrr.Volume, got {type(volume).__name__}; build one with "
             "jaxdrr.load_volume, jaxdrr.phantom or Volume.create(data, affine)"
         )
+    materials = as_material_config(materials)
     if volume.kind == "hu":
-        return materials.density_channels(volume.data)
+        if materials.method == "labels":
+            raise JaxdrrError(
+                "materials method 'labels' needs the label map: decompose first with "
+                "jaxdrr.decompose(params, volume, config, labels=..., mapping=...) and render the "
+                "density volume it returns"
+            )
+        if materials.method == "thresholds":
+            return materials.density_channels(volume.data)
+        fractions = material_fractions(volume, materials, params=params)
+        return densities_from_fractions(volume.data, fractions, materials)
     if volume.data.shape[0] != len(materials.names):
         raise VolumeError(
             f"density volume has {volume.data.shape[0]} channels but the material "
@@ -155,9 +196,9 @@ def material_densities(volume: Volume, materials: MaterialConfig) -> jax.Array:
     return volume.data
 
 
-def line_integrals(config: RenderConfig, volume: Volume, P) -> jax.Array:
-    """Per-material line integrals [H, W, M] in g/cm^2."""
-    densities = material_densities(volume, config.materials)
+def line_integrals(config: RenderConfig, volume: Volume, P, params=None) -> jax.Array:
+    """Per-material line integrals [H, W, M] in g/cm^2 (``params``: see :func:`material_densities`)."""
+    densities = material_densities(volume, config.materials, params)
     L = project(
         densities,
         volume.affine,
@@ -210,7 +251,7 @@ def make_renderer(config: RenderConfig | None = None) -> Renderer:
     config = config or RenderConfig()
 
     def render(params, volume: Volume, P, key=None) -> jax.Array:
-        L = line_integrals(config, volume, P)
+        L = line_integrals(config, volume, P, params)
         return image_from_line_integrals(config, params, L, key)
 
     render.config = config

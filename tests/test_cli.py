@@ -116,5 +116,14 @@ def test_help_documents_every_option():
         "--step",
         "--seed",
         "--window",
+        "--materials",
+        "--mapping",
+        "--structures",
+        "--metal",
     ):
+        assert option in text
+    text = subprocess.run(
+        [sys.executable, "-m", "jaxdrr.cli", "segment", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for option in ("--out", "--method", "--labels", "--mapping", "--structures", "--metal"):
         assert option in text

@@ -25,6 +25,10 @@ DATA = [
     "jaxdrr/physics/data/attenuation.npz",
     "jaxdrr/physics/data/PROVENANCE.md",
     "jaxdrr/physics/data/ipem78_W120kVp_Al4.3mm.csv",
+    "jaxdrr/physics/data/interactions_xraylib.npz",
+    "jaxdrr/models/weights/vnet_default.msgpack",
+    "jaxdrr/models/weights/vnet_default.json",
+    "jaxdrr/models/weights/README.md",
 ]
 
 

@@ -230,3 +230,39 @@ def test_bad_inputs(small):
         render(params, vol, np.zeros((3, 4)), None)
     with pytest.raises(VolumeError, match="non-finite"):
         jaxdrr.Volume.create(np.full((4, 4, 4), np.nan), np.eye(4))
+
+
+def test_decompose_once_renders_like_the_hu_volume(small):
+    """render(decompose(ct)) and render(ct) with the same materials are both within the float32
+    bound of the float64 render of the CT (so of each other). The four-channel (metal) case is
+    compared in tests/test_segment.py."""
+    from float_bounds import assert_within
+
+    vol, g = small
+    cfg = jaxdrr.RenderConfig(height=24, width=32, materials="thresholds")
+    params = jaxdrr.default_params(cfg)
+    render = jax.jit(jaxdrr.make_renderer(cfg))
+    dens = jaxdrr.decompose(params, vol, cfg.materials)
+    assert dens.kind == "density" and dens.channel_names == cfg.materials.names
+    assert dens.affine_key == vol.affine_key
+    # Eagerly, decompose() computes exactly what the renderer computes from HU.
+    np.testing.assert_array_equal(dens.data, jaxdrr.material_densities(vol, cfg.materials))
+    metal = jaxdrr.materials.MaterialConfig.with_metal()
+    np.testing.assert_array_equal(
+        jaxdrr.decompose(None, vol, metal).data, jaxdrr.material_densities(vol, metal)
+    )
+    P = G.carm(20, 5, geometry=g)
+    log64, bound = _log_image_bound(cfg, params, vol, P)
+    assert_within(render(params, vol, P, None), log64, bound, "HU volume")
+    assert_within(render(params, dens, P, None), log64, bound, "decomposed volume")
+
+
+def test_material_presets_and_labels_need_decompose(small):
+    vol, g = small
+    assert jaxdrr.RenderConfig(materials="thresholds") == jaxdrr.RenderConfig()
+    assert jaxdrr.RenderConfig(materials="vnet").materials.method == "vnet"
+    with pytest.raises(JaxdrrError, match="unknown materials"):
+        jaxdrr.RenderConfig(materials="otsu")
+    cfg = jaxdrr.RenderConfig(height=24, width=32, materials="labels")
+    with pytest.raises(JaxdrrError, match="jaxdrr.decompose"):
+        jaxdrr.make_renderer(cfg)(jaxdrr.default_params(cfg), vol, G.carm(0, 0, geometry=g), None)

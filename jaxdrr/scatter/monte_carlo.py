@@ -39,7 +39,7 @@ import numpy as np
 
 from jaxdrr.errors import GeometryError, JaxdrrError, VolumeError
 from jaxdrr.geometry.projection import check_detector, check_projection_matrix, is_concrete, source_position
-from jaxdrr.materials import MaterialConfig
+from jaxdrr.materials import MaterialConfig, as_material_config
 from jaxdrr.physics.compositions import Composition
 from jaxdrr.scatter import interactions as xs_lib
 from jaxdrr.scatter import transport
@@ -119,7 +119,9 @@ class MonteCarloConfig:
     Attributes:
       sdd_mm: source-to-detector distance along P's principal axis (the detector plane; P alone
         fixes only the pixel directions). Default 1020 mm, :class:`jaxdrr.geometry.CArmGeometry`'s.
-      materials: HU -> material decomposition of HU volumes (as the renderer).
+      materials: HU -> material decomposition of HU volumes (as the renderer; a MaterialConfig or
+        a preset name). HU volumes are decomposed voxel by voxel, so only the threshold route
+        works on them; decompose other methods first with :func:`jaxdrr.decompose`.
       detector: main readout of the result's images: ``"ei"`` (energy-integrating, keV) or
         ``"pc"`` (photon-counting); both are always returned with ``_ei`` / ``_pc`` suffixes.
       photons_per_pixel: N0, the flat-field scale (as ``RenderConfig.photons_per_pixel``).
@@ -146,6 +148,8 @@ class MonteCarloConfig:
     max_iterations: int = 1 << 30
 
     def __post_init__(self):
+        if not isinstance(self.materials, MaterialConfig):
+            object.__setattr__(self, "materials", as_material_config(self.materials))
         if not (np.isfinite(self.sdd_mm) and self.sdd_mm > 0):
             raise GeometryError(f"sdd_mm must be > 0, got {self.sdd_mm}")
         if self.detector not in READOUTS:
@@ -180,6 +184,11 @@ def _densities(volume: Volume, config: MonteCarloConfig, num_materials: int):
     if not isinstance(volume, Volume):
         raise VolumeError(f"expected a jaxdrr.Volume, got {type(volume).__name__}")
     if volume.kind == "hu":
+        if config.materials.method != "thresholds":
+            raise VolumeError(
+                f"Monte Carlo decomposes HU volumes voxel by voxel (the threshold route); for materials "
+                f"method {config.materials.method!r} pass jaxdrr.decompose(params, volume, config.materials)"
+            )
         if num_materials != len(config.materials.names):
             raise VolumeError(
                 f"{num_materials} materials given for the {len(config.materials.names)} "

@@ -817,7 +817,7 @@ def pelvis_shapes(screw: bool = True, bowel_gas: bool = True) -> list[Shape]:
 
 
 def phantom(
-    shape: Sequence[int] = (128, 128, 96),
+    shape: Sequence[int] | None = None,
     spacing: Sequence[float] | None = None,
     fov_mm: Sequence[float] = (380.0, 300.0, 240.0),
     screw: bool = True,
@@ -825,11 +825,14 @@ def phantom(
     *,
     bowel_gas: bool = True,
     shapes: Sequence[Shape] | None = None,
+    kind: str = "analytic",
+    seed: int = 0,
 ) -> Volume:
-    """The pelvis-like analytic phantom as a HU :class:`Volume`.
+    """The pelvis-like analytic phantom (or, with ``kind``, an anatomical CT) as a HU :class:`Volume`.
 
     Args:
-      shape: grid shape (I, J, K) along (x = Right, y = Anterior, z = Superior).
+      shape: grid shape (I, J, K) along (x = Right, y = Anterior, z = Superior); default
+        (128, 128, 96) for the analytic phantom, the region's own default for the other kinds.
       spacing: voxel spacing in mm (scalar or 3); default ``fov_mm / shape``.
       fov_mm: field of view (mm) used when ``spacing`` is None.
       screw: include the titanium screw (see :func:`pelvis_shapes`).
@@ -837,12 +840,23 @@ def phantom(
       bowel_gas: include the asymmetric bowel gas pockets.
       shapes: voxelise this shape list instead of :func:`pelvis_shapes` (``screw``/``bowel_gas``
         are then ignored).
+      kind: "analytic" (this phantom), or "pelvis", "chest", "abdomen", "limb": the detailed
+        procedural adult CT of :func:`jaxdrr.phantoms.demo_volume` (textured bone, organs, bowel
+        gas; no exact line integrals). For those, ``shape``, ``spacing`` and ``seed`` are passed on
+        (``spacing`` alone keeps the region's field of view) and the analytic options are ignored.
+      seed: subject of the anatomical kinds.
 
     Returns:
       A ``Volume`` (``kind="hu"``) centred at the world origin with a diagonal RAS+ affine; the
       analytic counterpart is ``pelvis_shapes(screw, bowel_gas)`` with :func:`phantom_line_integral`.
     """
-    shape = tuple(int(n) for n in shape)
+    if kind != "analytic":
+        from jaxdrr.phantoms.demo import DEMO_REGIONS, demo_volume
+
+        if kind not in DEMO_REGIONS:
+            raise ValueError(f"unknown phantom kind {kind!r}; choose 'analytic' or one of {DEMO_REGIONS}")
+        return demo_volume(kind, seed=seed, shape=shape, spacing_mm=spacing)
+    shape = tuple(int(n) for n in (shape if shape is not None else (128, 128, 96)))
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"phantom shape must be 3 positive ints, got {shape}")
     if spacing is None:
