@@ -1,7 +1,8 @@
 """jaxdrr: realistic, differentiable X-ray simulation from CT in JAX.
 
-Data flow: io -> volume -> materials -> ops -> render -> noise -> image; scatter (Monte Carlo
-transport) beside render. The main entry points::
+Data flow: io -> volume -> materials -> ops -> render (+ scatter) -> noise -> image. Scatter
+(``jaxdrr.scatter``): the Monte Carlo engine, and ``RenderConfig(scatter="net" | "mc")`` to add the
+scatter ConvNet's (or the Monte Carlo's) estimate inside the render. The main entry points::
 
     volume = jaxdrr.load_volume("ct.nii.gz")            # or jaxdrr.phantom()
     P = jaxdrr.geometry.carm(lao=30, cran=10)
@@ -40,7 +41,9 @@ from jaxdrr.render import (
     make_renderer,
     material_densities,
     render,
+    scatter_images,
 )
+from jaxdrr.scatter import ScatterConfig
 from jaxdrr.volume import Volume
 
 __all__ = [
@@ -56,6 +59,7 @@ __all__ = [
     "project",
     "RenderConfig",
     "MaterialConfig",
+    "ScatterConfig",
     "NoiseConfig",
     "default_params",
     "default_spectrum",
@@ -63,6 +67,7 @@ __all__ = [
     "render",
     "line_integrals",
     "image_from_line_integrals",
+    "scatter_images",
     "material_densities",
     "decompose",
     "geometry",

@@ -104,6 +104,18 @@ def _add_render_parser(sub) -> None:
         default="log",
         help="image quantity (log = -ln transmission, not normalised)",
     )
+    phys.add_argument(
+        "--scatter",
+        choices=("none", "net", "mc"),
+        default="none",
+        help="add scatter: the scatter ConvNet (net), the Monte Carlo (mc, slow) or none",
+    )
+    phys.add_argument(
+        "--grid", action="store_true", help="anti-scatter grid (15:1, 80 lines/cm) with --scatter"
+    )
+    phys.add_argument(
+        "--mc-photons", type=float, default=1e7, help="Monte Carlo histories per view (--scatter mc)"
+    )
     phys.add_argument("--photons", type=float, default=5e5, help="photons emitted per pixel (N0)")
     phys.add_argument("--no-noise", action="store_true", help="render the expected (noise-free) image")
     phys.add_argument("--read-noise", type=float, default=3.0, help="readout noise std, photon equivalents")
@@ -264,6 +276,15 @@ def run_render(args) -> int:
     g = _carm_geometry(args)
     iso = np.asarray(args.isocenter if args.isocenter is not None else volume.center, np.float64)
     noise = None if args.no_noise else jaxdrr.NoiseConfig(readout_noise_std=args.read_noise)
+    scatter = None
+    if args.scatter != "none":
+        scatter = jaxdrr.ScatterConfig(
+            method=args.scatter,
+            sdd_mm=g.sdd_mm,
+            grid=args.grid,
+            mc_photons=int(args.mc_photons),
+            warn_outside_range=False,  # checked once below, before the batched render
+        )
     config = jaxdrr.RenderConfig(
         height=g.height,
         width=g.width,
@@ -274,9 +295,17 @@ def run_render(args) -> int:
         noise=noise,
         photons_per_pixel=args.photons,
         backend=args.backend,
+        scatter=scatter,
     )
     spectrum = _spectrum(args)
     params = jaxdrr.default_params(config, spectrum)
+    if scatter is not None and scatter.method == "net":
+        from jaxdrr.scatter import estimate
+
+        P0 = carm(args.lao[0], args.cran[0], isocenter=iso, geometry=g)
+        h, w = estimate.low_res_shape(g.height, g.width, scatter.grid_side)
+        P_low = estimate.low_res_projection(P0, g.height, g.width, h, w)
+        estimate.check_range(estimate.conditioning(params, P_low, volume.center, scatter))
     if materials.method != "thresholds":
         # Decompose once (the V-Net or the label map), then render the density volume per view.
         t_dec = time.perf_counter()
@@ -356,6 +385,8 @@ def run_render(args) -> int:
                     hu_to_density=args.hu_to_density,
                     materials=args.materials,
                     material_names=list(materials.names),
+                    scatter=args.scatter,
+                    grid=bool(args.grid),
                 )
         if bar:
             bar.update(len(idx))

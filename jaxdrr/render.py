@@ -11,11 +11,12 @@ may change between calls or be differentiated lives in its arguments:
   per-material densities (``kind="density"``, used as is; :func:`jaxdrr.decompose` makes one once
   per CT, the fast path when one CT is rendered many times, and the only one for label maps).
 * ``P``: the 3x4 projection matrix (traced; ``vmap`` over it for many poses).
-* ``key``: a PRNG key, used only by the noise model.
+* ``key``: a PRNG key, used by the noise model (and by the Monte Carlo for ``scatter="mc"``).
 
 Pipeline (each step its own module): materials (HU -> density channels) -> ops.project (line
-integrals per material) -> spectral (Beer-Lambert moments over the spectrum) -> noise (quantum,
-crosstalk, readout) -> output conversion. Scatter is not modelled yet: images are primary-only.
+integrals per material) -> spectral (Beer-Lambert moments over the spectrum) -> scatter
+(:mod:`jaxdrr.scatter.estimate`: the scatter ConvNet or the Monte Carlo, added to the primary
+signal) -> noise (quantum noise on the total signal, crosstalk, readout) -> output conversion.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from jaxdrr.materials.densities import densities_from_fractions
 from jaxdrr.materials.segmentation import material_fractions
 from jaxdrr.ops.project import BACKENDS, project
 from jaxdrr.physics import spectra as spectra_lib
+from jaxdrr.scatter import estimate as scatter_lib
 from jaxdrr.volume import Volume
 
 OUTPUTS = ("log", "transmission", "intensity", "photons")
@@ -77,6 +79,11 @@ class RenderConfig:
       log_floor_photons: the transmission is floored at this many photon equivalents / N0
         before -ln, so noisy or fully attenuated pixels stay finite.
       backend: projector backend (see :func:`jaxdrr.ops.project`).
+      scatter: None (primary only), ``"net"`` (the scatter ConvNet, weights in
+        ``params["scatter_net"]``), ``"mc"`` (Monte Carlo inside the render: slow, noisy, not
+        differentiable) or a :class:`jaxdrr.scatter.ScatterConfig` (source-detector distance,
+        anti-scatter grid, Monte Carlo photons). Scatter is added to the primary signal before
+        noise, so quantum noise is that of the total signal.
     """
 
     height: int = 512
@@ -89,9 +96,11 @@ class RenderConfig:
     photons_per_pixel: float = 5e5
     log_floor_photons: float = 0.5
     backend: str = "auto"
+    scatter: scatter_lib.ScatterConfig | str | None = None
 
     def __post_init__(self):
         check_detector(self.height, self.width)
+        object.__setattr__(self, "scatter", scatter_lib.as_scatter_config(self.scatter))
         if not isinstance(self.materials, MaterialConfig):
             object.__setattr__(self, "materials", as_material_config(self.materials))
         if self.detector not in DETECTORS:
@@ -125,7 +134,7 @@ def default_spectrum(kvp: int = 120) -> spectra_lib.Spectrum:
 def default_params(
     config: RenderConfig | None = None, spectrum: spectra_lib.Spectrum | None = None
 ) -> dict[str, jax.Array]:
-    """Physics tables as a pytree: ``{"energies", "spectrum", "mu_rho"}`` (+ ``"vnet"``).
+    """Physics tables as a pytree: ``{"energies", "spectrum", "mu_rho"}`` (+ network weights).
 
     Args:
       config: supplies the material channels (default :class:`RenderConfig` ()).
@@ -135,7 +144,9 @@ def default_params(
     Returns:
       energies [E] keV, spectrum [E] photon fractions (sum 1), mu_rho [M, E] cm^2/g (float32);
       with ``config.materials.method == "vnet"`` also ``"vnet"``: the shipped network weights
-      (:func:`jaxdrr.models.vnet.load_pretrained`), a pytree that can be replaced or differentiated.
+      (:func:`jaxdrr.models.vnet.load_pretrained`), a pytree that can be replaced or differentiated;
+      with ``config.scatter`` method ``"net"`` also ``"scatter_net"``: the shipped scatter network
+      (:func:`jaxdrr.models.scatter_net.load_pretrained`).
     """
     config = config or RenderConfig()
     spectrum = spectrum or default_spectrum()
@@ -154,6 +165,10 @@ def default_params(
         from jaxdrr.materials.network import pretrained
 
         params["vnet"] = pretrained()[1]
+    if config.scatter is not None and config.scatter.method == "net":
+        from jaxdrr.models import scatter_net
+
+        params["scatter_net"] = scatter_net.load_pretrained()[1]
     return params
 
 
@@ -196,9 +211,7 @@ def material_densities(volume: Volume, materials: MaterialConfig | str, params=N
     return volume.data
 
 
-def line_integrals(config: RenderConfig, volume: Volume, P, params=None) -> jax.Array:
-    """Per-material line integrals [H, W, M] in g/cm^2 (``params``: see :func:`material_densities`)."""
-    densities = material_densities(volume, config.materials, params)
+def _project(config: RenderConfig, densities, volume: Volume, P) -> jax.Array:
     L = project(
         densities,
         volume.affine,
@@ -211,19 +224,58 @@ def line_integrals(config: RenderConfig, volume: Volume, P, params=None) -> jax.
     return L / MM_PER_CM
 
 
-def image_from_line_integrals(config: RenderConfig, params, L, key) -> jax.Array:
-    """Spectral image formation, noise and output conversion from line integrals [H, W, M]."""
+def line_integrals(config: RenderConfig, volume: Volume, P, params=None) -> jax.Array:
+    """Per-material line integrals [H, W, M] in g/cm^2 (``params``: see :func:`material_densities`)."""
+    return _project(config, material_densities(volume, config.materials, params), volume, P)
+
+
+def scatter_images(config: RenderConfig, params, L, P, volume: Volume, densities=None, key=None):
+    """Scatter (s_ei, s_pc) [H, W] in transmission units for ``config.scatter`` (None: zeros).
+
+    ``densities`` (the material channels) and ``key`` are needed by the Monte Carlo only.
+    """
+    sc = config.scatter
+    if sc is None:
+        zero = jnp.zeros(L.shape[:-1], L.dtype)
+        return zero, zero
+    if sc.method == "net":
+        return scatter_lib.net_scatter(params, L, P, volume.center, sc, config.height, config.width)
+    if key is None:
+        raise JaxdrrError("scatter='mc' needs a PRNG key (the Monte Carlo is random)")
+    if densities is None:
+        densities = material_densities(volume, config.materials, params)
+    return scatter_lib.mc_scatter(
+        params, densities, volume, P, key, sc, config.materials, config.height, config.width
+    )
+
+
+def image_from_line_integrals(config: RenderConfig, params, L, key, scatter=None) -> jax.Array:
+    """Spectral image formation, scatter, noise and output conversion from line integrals [H, W, M].
+
+    Args:
+      scatter: optional (s_ei, s_pc) [H, W] in transmission units (:func:`scatter_images`), added to
+        the expected signal before noise. Its second energy moment is taken as that of photons all
+        at the scatter's mean energy ``E_mean s_ei / s_pc`` (the Swank factor of the scatter is not
+        modelled).
+    """
     energies, weights, mu_rho = params["energies"], params["spectrum"], params["mu_rho"]
     if mu_rho.shape[0] != L.shape[-1]:
         raise JaxdrrError(f"params['mu_rho'] has {mu_rho.shape[0]} materials, line integrals {L.shape[-1]}")
     m = spectral.detector_moments(L, mu_rho, energies, weights)
     e_mean0 = jnp.sum(weights * energies) / jnp.sum(weights)
     n0 = config.photons_per_pixel
+    m0, m1, m2 = (mk / jnp.sum(weights) for mk in (m.m0, m.m1, m.m2))
+    if scatter is not None:
+        s_ei, s_pc = scatter
+        energy = s_ei * e_mean0
+        m0 = m0 + s_pc
+        m1 = m1 + energy
+        m2 = m2 + energy * energy / jnp.maximum(s_pc, jnp.finfo(m0.dtype).tiny)
     signal = noise_lib.noisy_signal(
         key,
-        m.m0 / jnp.sum(weights),
-        m.m1 / jnp.sum(weights),
-        m.m2 / jnp.sum(weights),
+        m0,
+        m1,
+        m2,
         config.noise,
         config.detector,
         e_mean0=e_mean0,
@@ -246,13 +298,20 @@ def make_renderer(config: RenderConfig | None = None) -> Renderer:
 
     The returned function is pure: jit it, vmap it over P and keys (``in_axes=(None, None, 0, 0)``)
     and differentiate it w.r.t. P, the volume data or the params. With ``config.noise`` None the
-    key is unused (pass None) and the image is the expected, noise-free one.
+    key is unused (pass None; ``scatter="mc"`` needs one) and the image is the expected,
+    noise-free one.
     """
     config = config or RenderConfig()
 
     def render(params, volume: Volume, P, key=None) -> jax.Array:
-        L = line_integrals(config, volume, P, params)
-        return image_from_line_integrals(config, params, L, key)
+        densities = material_densities(volume, config.materials, params)
+        L = _project(config, densities, volume, P)
+        scatter = None
+        if config.scatter is not None:
+            # The Monte Carlo draws from its own stream, so the noise realisation does not change.
+            mc_key = None if key is None else jax.random.fold_in(key, 0x5CA7)
+            scatter = scatter_images(config, params, L, P, volume, densities, mc_key)
+        return image_from_line_integrals(config, params, L, key, scatter)
 
     render.config = config
     return render

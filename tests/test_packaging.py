@@ -29,6 +29,8 @@ DATA = [
     "jaxdrr/models/weights/vnet_default.msgpack",
     "jaxdrr/models/weights/vnet_default.json",
     "jaxdrr/models/weights/README.md",
+    "jaxdrr/models/weights/scatter_default.msgpack",
+    "jaxdrr/models/weights/scatter_default.json",
 ]
 
 

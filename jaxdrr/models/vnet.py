@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from pathlib import Path
 
@@ -38,9 +37,9 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 
 from jaxdrr.errors import JaxdrrError
+from jaxdrr.models import weights_io
 
 CLASS_NAMES = ("air", "soft_tissue", "bone", "metal")
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -212,8 +211,7 @@ def apply(weights: dict, x: jax.Array, config: VNetConfig) -> jax.Array:
     return model(x)
 
 
-def count_parameters(weights: dict) -> int:
-    return int(sum(np.prod(np.shape(a)) for a in jax.tree.leaves(weights)))
+count_parameters = weights_io.count_parameters
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,36 +338,16 @@ def predict_fractions(weights: dict, hu: jax.Array, spacing_mm, *, config: VNetC
 
 
 def save_weights(path: str | Path, weights: dict, config: VNetConfig, record: dict | None = None) -> Path:
-    """Writes ``path.msgpack`` and ``path.json`` atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = serialization.msgpack_serialize(jax.tree.map(lambda a: np.asarray(a, np.float32), weights))
-    meta = {"config": config.to_json(), "parameters": count_parameters(weights), **(record or {})}
-    for suffix, data in ((".msgpack", blob), (".json", json.dumps(meta, indent=2).encode())):
-        target = path.with_suffix(suffix)
-        tmp = target.with_suffix(suffix + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
-    return path.with_suffix(".msgpack")
+    """Writes ``path.msgpack`` and ``path.json`` atomically (:func:`jaxdrr.models.weights_io.save`)."""
+    return weights_io.save(path, weights, config.to_json(), record)
 
 
 def load_weights(path: str | Path) -> tuple[VNetConfig, dict, dict]:
     """Reads weights written by :func:`save_weights`: (config, weights, metadata)."""
-    path = Path(path)
-    blob, meta_path = path.with_suffix(".msgpack"), path.with_suffix(".json")
-    if not blob.exists() or not meta_path.exists():
-        raise JaxdrrError(f"V-Net weights not found: need {blob} and {meta_path}")
-    meta = json.loads(meta_path.read_text())
+    raw, meta = weights_io.load(path, "V-Net")
     config = VNetConfig.from_json(meta["config"])
-    weights = serialization.msgpack_restore(blob.read_bytes())
-    expected = jax.tree.map(np.shape, init_weights_shapes(config))
-    got = jax.tree.map(np.shape, weights)
-    if jax.tree.structure(expected) != jax.tree.structure(got) or jax.tree.leaves(
-        expected
-    ) != jax.tree.leaves(got):
-        raise JaxdrrError(f"V-Net weights in {blob} do not match the architecture in {meta_path}")
-    weights = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), weights)
-    return config, weights, meta
+    weights_io.check_shapes(raw, init_weights_shapes(config), "V-Net", Path(path).with_suffix(".msgpack"))
+    return config, jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), raw), meta
 
 
 def init_weights_shapes(config: VNetConfig) -> dict:

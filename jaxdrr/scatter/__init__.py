@@ -8,9 +8,13 @@
 * :mod:`jaxdrr.scatter.interactions`: cross sections and sampling tables from xraylib (shipped for
   the built-in materials, computed at run time for user compositions).
 
+* :mod:`jaxdrr.scatter.estimate`: scatter inside the renderer (``RenderConfig(scatter=...)``): the
+  scatter ConvNet (:mod:`jaxdrr.models.scatter_net`) or the Monte Carlo on a low-resolution detector.
+
 See docs/monte_carlo.md for the method, units and validation.
 """
 
+from jaxdrr.scatter.estimate import ScatterConfig, check_range, conditioning, mc_scatter, net_scatter
 from jaxdrr.scatter.interactions import InteractionDataError, InteractionTables, compute_tables, tables_for
 from jaxdrr.scatter.monte_carlo import (
     CSI,
@@ -25,6 +29,11 @@ from jaxdrr.scatter.monte_carlo import (
 )
 
 __all__ = [
+    "ScatterConfig",
+    "net_scatter",
+    "mc_scatter",
+    "conditioning",
+    "check_range",
     "monte_carlo",
     "MonteCarloConfig",
     "DetectorAbsorption",
