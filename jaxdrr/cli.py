@@ -6,6 +6,7 @@
     jaxdrr register --ct CT --xray xray.npz --out pose.json
     jaxdrr mc [--ct CT] --photons 1e8 --out mc.npz
     jaxdrr segment CT --out materials.nii.gz [--method vnet|thresholds|labels] [--labels SEG --mapping M]
+    jaxdrr dataset --config SPEC --out DIR      (jaxdrr dataset init SPEC: an example spec)
 
 ``render`` with several ``--lao``/``--cran`` values renders every combination as one vmapped batch
 per ``--batch`` views, writing ``<out stem>_<index>.<ext>`` atomically and skipping views whose
@@ -438,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxdrr.materials import cli as materials_cli
 
     materials_cli.add_parser(sub)
+    from jaxdrr.datasets import cli as dataset_cli
+
+    dataset_cli.add_parser(sub)
     return parser
 
 
@@ -459,6 +463,10 @@ def main(argv=None) -> int:
             from jaxdrr.scatter import cli as mc_cli
 
             return mc_cli.run(args)
+        if args.command == "dataset":
+            from jaxdrr.datasets import cli as dataset_cli
+
+            return dataset_cli.run(args)
         if args.command == "segment":
             from jaxdrr.materials import cli as materials_cli
 

@@ -249,7 +249,9 @@ def scatter_images(config: RenderConfig, params, L, P, volume: Volume, densities
     )
 
 
-def image_from_line_integrals(config: RenderConfig, params, L, key, scatter=None) -> jax.Array:
+def image_from_line_integrals(
+    config: RenderConfig, params, L, key, scatter=None, photons_per_pixel=None
+) -> jax.Array:
     """Spectral image formation, scatter, noise and output conversion from line integrals [H, W, M].
 
     Args:
@@ -257,13 +259,15 @@ def image_from_line_integrals(config: RenderConfig, params, L, key, scatter=None
         the expected signal before noise. Its second energy moment is taken as that of photons all
         at the scatter's mean energy ``E_mean s_ei / s_pc`` (the Swank factor of the scatter is not
         modelled).
+      photons_per_pixel: optional N0 overriding ``config.photons_per_pixel``; may be traced (e.g.
+        drawn per image inside ``vmap``, as :mod:`jaxdrr.datasets` does).
     """
     energies, weights, mu_rho = params["energies"], params["spectrum"], params["mu_rho"]
     if mu_rho.shape[0] != L.shape[-1]:
         raise JaxdrrError(f"params['mu_rho'] has {mu_rho.shape[0]} materials, line integrals {L.shape[-1]}")
     m = spectral.detector_moments(L, mu_rho, energies, weights)
     e_mean0 = jnp.sum(weights * energies) / jnp.sum(weights)
-    n0 = config.photons_per_pixel
+    n0 = config.photons_per_pixel if photons_per_pixel is None else photons_per_pixel
     m0, m1, m2 = (mk / jnp.sum(weights) for mk in (m.m0, m.m1, m.m2))
     if scatter is not None:
         s_ei, s_pc = scatter

@@ -3,9 +3,7 @@
 Run: python tools/make_quickstart_notebook.py
 """
 
-import pathlib
-
-import nbformat as nbf
+from notebook_util import write_notebook
 
 CELLS = [
     (
@@ -94,14 +92,7 @@ assert history[-1] < history[0]""",
 
 
 def main():
-    nb = nbf.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [
-        nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in CELLS
-    ]
-    out = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "01_quickstart.ipynb"
-    nbf.write(nb, out)
-    print(f"wrote {out}")
+    write_notebook(CELLS, "01_quickstart.ipynb")
 
 
 if __name__ == "__main__":

@@ -816,6 +816,107 @@ def pelvis_shapes(screw: bool = True, bowel_gas: bool = True) -> list[Shape]:
     return shapes
 
 
+# --------------------------------------------------------------------------------------------------
+# Annotations of the analytic pelvis: bone labels and anatomical landmarks (exact, from the shapes)
+
+# Label ids of :func:`pelvis_label_map` (0 = background). The first six follow SyntheX/DeepFluoro.
+PELVIS_LABELS = {
+    1: "left hemipelvis",
+    2: "right hemipelvis",
+    3: "vertebrae",
+    4: "upper sacrum",
+    5: "left femur",
+    6: "right femur",
+    7: "screw",
+}
+_LABEL_OF_SHAPE = (  # (name prefix, label id); 0 paints background (canals, joint spaces)
+    ("sacral canal", 0),
+    ("spinal canal", 0),
+    ("sacrum ", 4),
+    ("L5 body", 3),
+    ("L5 posterior arch", 3),
+    ("L5 spinous process", 3),
+    ("screw ", 7),
+)
+_SIDE_PARTS = (
+    ("ilium", "hemipelvis"),
+    ("ischium", "hemipelvis"),
+    ("superior pubic ramus", "hemipelvis"),
+    ("inferior pubic ramus", "hemipelvis"),
+    ("acetabulum", "hemipelvis"),
+    ("hip joint space", None),
+    ("femoral", "femur"),
+    ("greater trochanter", "femur"),
+)
+
+
+def _shape_label(name: str) -> int | None:
+    ids = {v: k for k, v in PELVIS_LABELS.items()}
+    for prefix, label in _LABEL_OF_SHAPE:
+        if name.startswith(prefix):
+            return label
+    for side in ("left", "right"):
+        for part, group in _SIDE_PARTS:
+            if name.startswith(f"{side} {part}"):
+                return 0 if group is None else ids[f"{side} {group}"]
+    return None
+
+
+def pelvis_label_map(shape: Sequence[int], spacing, screw: bool = True) -> np.ndarray:
+    """Bone label map (:data:`PELVIS_LABELS`) of the analytic pelvis on a grid centred at the origin.
+
+    Voxel-centre (point) sampling of the same shapes as :func:`phantom`, painted in the same
+    order: a voxel takes the label of the last bone shape containing it; canals and hip joint
+    spaces are background; soft tissue, gas, discs and the lower-density 'add' regions do not
+    change the label.
+
+    Returns:
+      uint8 [I, J, K].
+    """
+    labelled = []
+    for s in pelvis_shapes(screw=screw, bowel_gas=False):
+        label = _shape_label(s.name)
+        if label is not None and s.mode == "replace":
+            labelled.append(dataclasses.replace(s, value=float(label)))
+    spacing = _grid_spacing(spacing)
+    labels = voxelize(labelled, shape, spacing, background=0.0, supersample=1, clip=None)
+    return np.rint(labels).astype(np.uint8)
+
+
+def pelvis_landmarks(screw: bool = True) -> dict[str, np.ndarray]:
+    """Anatomical landmarks of the analytic pelvis (world mm, RAS+), exact from its shapes.
+
+    Per side (``-l``/``-r``): femoral head centre ``FH``, greater trochanter centre ``GT``, ischial
+    tuberosity ``IT`` (the ischium's lowest point, 2 mm inside), anterior superior iliac spine
+    ``ASIS`` (the ilium's antero-superior rim, 2 mm inside); midline: pubic symphysis ``PS``, the
+    L5 vertebral body centre ``L5``, the sacral promontory ``S1``; with the screw its head ``SH``
+    and tip ``ST``.
+    """
+    points: dict[str, np.ndarray] = {}
+    ilium_rotation = rotation_matrix((0, 0, 1), -30)
+    # The point of the ilium ellipsoid (10, 55, 50) along the local (0, 1, 1) diagonal, 2 mm inside.
+    u = np.array([0.0, 1.0, 1.0]) / np.sqrt(2.0)
+    t = 1.0 / np.sqrt(np.sum((u / np.array([10.0, 55.0, 50.0])) ** 2))
+    asis_local = u * (t - 2.0)
+    for sign, suffix in ((1.0, "r"), (-1.0, "l")):
+        m = np.array([sign, 1.0, 1.0])
+        points[f"FH-{suffix}"] = m * np.array([95.0, 10.0, -45.0])
+        points[f"GT-{suffix}"] = m * np.array([133.0, 2.0, -70.0])
+        points[f"IT-{suffix}"] = m * np.array([75.0, -5.0, -85.0 - 25.0 + 2.0])
+        asis = np.array([92.0, -25.0, 35.0]) + ilium_rotation @ asis_local
+        points[f"ASIS-{suffix}"] = m * asis
+    points["PS"] = np.array([0.0, 74.0, -67.0])
+    points["L5"] = np.array([0.0, -35.0, 80.0])
+    sacral_tilt = rotation_matrix((1, 0, 0), -30)
+    points["S1"] = np.array([0.0, -62.0, 25.0]) + sacral_tilt @ np.array([0.0, 0.0, 42.0 - 2.0])
+    if screw:
+        entry = np.array([100.0, -55.0, 30.0])
+        axis = np.array([-1.0, 0.0, 0.05]) / np.linalg.norm([-1.0, 0.0, 0.05])
+        points["SH"] = entry - 2.5 * axis
+        points["ST"] = entry + 60.0 * axis
+    return points
+
+
 def phantom(
     shape: Sequence[int] | None = None,
     spacing: Sequence[float] | None = None,

@@ -164,15 +164,20 @@ def detector_geometry(P_low, volume_center_mm, sdd_mm) -> tuple[jax.Array, jax.A
 
 
 def conditioning(params, P_low, volume_center_mm, config: ScatterConfig) -> jax.Array:
-    """The conditioning scalars :data:`CONDITIONING` in physical units, [6]."""
+    """The conditioning scalars :data:`CONDITIONING` in physical units, [6].
+
+    The source-detector distance is ``params["sdd_mm"]`` when present (a per-call, possibly traced
+    value: e.g. drawn per image by :mod:`jaxdrr.datasets`), else ``config.sdd_mm``.
+    """
     kvp, mean = spectrum_scalars(params)
-    pitch, fraction = detector_geometry(P_low, volume_center_mm, config.sdd_mm)
+    sdd_mm = params.get("sdd_mm", config.sdd_mm)
+    pitch, fraction = detector_geometry(P_low, volume_center_mm, sdd_mm)
     dtype = jnp.result_type(float)
     return jnp.stack(
         [
             kvp.astype(dtype),
             mean.astype(dtype),
-            jnp.asarray(config.sdd_mm, dtype),
+            jnp.asarray(sdd_mm, dtype),
             fraction.astype(dtype),
             pitch.astype(dtype),
             jnp.asarray(float(config.grid), dtype),

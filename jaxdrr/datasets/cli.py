@@ -1,0 +1,107 @@
+"""``jaxdrr dataset``: generate (or resume) a dataset from a spec; ``jaxdrr dataset init SPEC``.
+
+Multi-process: on SLURM (``srun``), Open MPI (``mpirun``) or Kubernetes, ``jax.distributed`` is
+initialised from the environment (``--distributed auto``, the default, does so when the
+environment names more than one process); on one machine give ``--coordinator HOST:PORT
+--num-processes N --process-id I`` to each process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "dataset",
+        help="generate a synthetic X-ray dataset from a spec (resumable, multi-process); "
+        "'jaxdrr dataset init SPEC' writes an example spec",
+        description="Generate (or resume) a dataset: jaxdrr dataset --config SPEC --out DIR. "
+        "Write a runnable example spec with: jaxdrr dataset init SPEC.toml",
+    )
+    p.add_argument("action", nargs="?", choices=["init"], help="'init': write an example spec to SPEC_PATH")
+    p.add_argument("spec_path", nargs="?", help="with 'init': where to write the example spec (.toml)")
+    p.add_argument("--config", help="the dataset spec (TOML or YAML)")
+    p.add_argument("--out", help="output directory (rerun with the same one to resume)")
+    p.add_argument(
+        "--distributed",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="initialise jax.distributed: 'auto' when SLURM/Open MPI/Kubernetes/JAX_COORDINATOR_ADDRESS "
+        "name several processes, or when --coordinator is given (default auto)",
+    )
+    p.add_argument("--coordinator", help="HOST:PORT of process 0 (single-machine multi-process runs)")
+    p.add_argument("--num-processes", type=int, help="number of processes (with --coordinator)")
+    p.add_argument("--process-id", type=int, help="this process's id (with --coordinator)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cluster_process_count() -> int:
+    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    if "JAX_COORDINATOR_ADDRESS" in os.environ:
+        return 2  # the user asked for a coordinator: let jax.distributed work out the rest
+    return 1
+
+
+def initialize_distributed(args) -> None:
+    """Calls ``jax.distributed.initialize`` as the options ask (before any other JAX call)."""
+    import jax
+
+    explicit = args.coordinator is not None
+    if explicit and (args.num_processes is None or args.process_id is None):
+        raise SystemExit("jaxdrr dataset: --coordinator needs --num-processes and --process-id")
+    if args.distributed == "off" or (
+        args.distributed == "auto" and not explicit and _cluster_process_count() < 2
+    ):
+        return
+    if explicit:
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
+        )
+    else:
+        jax.distributed.initialize()  # SLURM, Open MPI, Kubernetes: detected from the environment
+
+
+def run(args) -> int:
+    from jaxdrr.datasets.spec import write_example_spec
+
+    if args.action == "init":
+        if not args.spec_path:
+            print(
+                "jaxdrr dataset init: give the path of the spec to write, e.g. pelvis.toml", file=sys.stderr
+            )
+            return 2
+        path = write_example_spec(args.spec_path)
+        print(f"wrote {path}; generate it with: jaxdrr dataset --config {path} --out data/")
+        return 0
+    if not args.config or not args.out:
+        print(
+            "jaxdrr dataset: give --config SPEC and --out DIR (or: jaxdrr dataset init SPEC)", file=sys.stderr
+        )
+        return 2
+    from jaxdrr.datasets.spec import load_spec
+
+    spec = load_spec(args.config)  # validate before starting anything distributed
+    initialize_distributed(args)
+    from jaxdrr.datasets.generate import generate
+    from jaxdrr.datasets.store import DatasetWriteError
+
+    try:
+        report = generate(spec, args.out, progress=not args.no_progress)
+    except DatasetWriteError as e:
+        print(f"jaxdrr dataset: error: {e.strerror}", file=sys.stderr)
+        return 1
+    rate = report.images_per_second
+    print(
+        f"process {report.process_index}/{report.process_count}: wrote {report.shards_written} shards "
+        f"({report.samples_written} images, {rate:.2f} images/s); {report.shards_already_done} already done"
+    )
+    for name, message in report.failed_cts.items():
+        print(f"  CT {name} failed: {message}", file=sys.stderr)
+    if report.process_index == 0:
+        state = "complete" if report.complete else "INCOMPLETE (see failures/ and logs/; rerun to retry)"
+        print(f"dataset {args.out}: {state}")
+    return 1 if report.failed_cts else 0

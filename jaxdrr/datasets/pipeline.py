@@ -1,0 +1,179 @@
+"""One vmapped, jitted call renders a batch of samples of one CT with all their annotations.
+
+:func:`make_sample_fn` returns ``sample(tables, ct, index) -> dict`` for one sample index; it draws
+the pose and physics (:mod:`jaxdrr.datasets.sampling`), projects the CT's material densities
+(decomposed once per CT, outside), adds the scatter ConvNet's scatter when drawn, forms the
+spectral image with noise (:func:`jaxdrr.image_from_line_integrals` with the drawn photons per
+pixel), and projects the landmarks and label map. :func:`make_batch_fn` vmaps and jits it over
+indices (sharded over the local devices when there are several).
+
+``tables`` holds the physics tables shared by all samples: the common energy grid, one emitted
+spectrum per kVp of the spec ([S, E]), the materials' mass attenuation and the scatter network's
+weights. ``ct`` holds the per-CT arrays: the density volume, the label indicator volume and the
+landmarks.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdrr.datasets import sampling
+from jaxdrr.datasets.spec import DatasetSpec
+from jaxdrr.geometry.projection import project_points, source_position
+from jaxdrr.noise import NoiseConfig
+from jaxdrr.ops.project import project
+from jaxdrr.render import RenderConfig, image_from_line_integrals, line_integrals, scatter_images
+from jaxdrr.scatter.estimate import ScatterConfig
+
+
+def render_config(spec: DatasetSpec) -> RenderConfig:
+    """The static renderer configuration of a spec (per-image values are passed at call time)."""
+    phys = spec.physics
+    scatter = None
+    if phys.scatter_probability > 0:
+        # The per-image SDD reaches the network through tables["sdd_mm"]; range warnings are
+        # issued once per dataset by the generator, not per batch.
+        scatter = ScatterConfig(method="net", warn_outside_range=False)
+    return RenderConfig(
+        height=spec.detector.height,
+        width=spec.detector.width,
+        materials=phys.materials,
+        detector=phys.detector,
+        output=phys.output,
+        noise=NoiseConfig() if phys.noise else None,
+        scatter=scatter,
+    )
+
+
+def spectra_table(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(energies [E] keV, spectra [S, E] photon fractions) for the spec's kVp list, on one 1-keV grid."""
+    from jaxdrr.physics import spectra as spectra_lib
+
+    phys = spec.physics
+    top = max(phys.kvp)
+    energies = np.arange(1.0, top + 1.0)
+    rows = []
+    for kvp in phys.kvp:
+        if phys.spectrum == "ipem78":
+            s = spectra_lib.ipem78(kvp)
+        else:
+            s = spectra_lib.spekpy_spectrum(kvp, filtration_mm_al=phys.filtration_mm_al)
+        s = spectra_lib.rebin(s, energies)
+        w = np.asarray(s.photon_fractions, np.float64)
+        rows.append(w / w.sum())
+    return energies, np.stack(rows)
+
+
+def physics_tables(spec: DatasetSpec) -> dict:
+    """The shared tables (see the module doc) as a pytree of device arrays."""
+    config = render_config(spec)
+    energies, spectra = spectra_table(spec)
+    keep = spectra.max(axis=0) > 0
+    energies, spectra = energies[keep], spectra[:, keep]
+    dtype = jnp.result_type(float)
+    tables = {
+        "energies": jnp.asarray(energies, dtype),
+        "spectra": jnp.asarray(spectra, dtype),
+        "mu_rho": jnp.asarray(config.materials.mass_attenuation(energies), dtype),
+    }
+    if config.scatter is not None:
+        from jaxdrr.models import scatter_net
+
+        tables["scatter_net"] = scatter_net.load_pretrained()[1]
+    return tables
+
+
+def make_sample_fn(spec: DatasetSpec, landmark_count: int, label_count: int):
+    """``sample(tables, ct, index) -> dict`` of one sample (see the module doc).
+
+    ``ct`` is ``{"density": Volume, "labels": Volume | None, "landmarks": [L, 3] | None,
+    "isocenter": [3]}``. The returned arrays are described in :mod:`jaxdrr.datasets.store`.
+    """
+    config = render_config(spec)
+    ann = spec.annotations
+    H, W = spec.detector.height, spec.detector.width
+    channel_names = config.materials.names
+
+    def sample(tables, ct, index):
+        d = sampling.draw(spec, sampling.sample_key(spec.seed, index), ct["isocenter"], channel_names)
+        cam = sampling.camera(spec, d)
+        P = cam["P"]
+        params = {
+            "energies": tables["energies"],
+            "spectrum": tables["spectra"][d["kvp_index"]],
+            "mu_rho": tables["mu_rho"],
+            "sdd_mm": d["sdd_mm"],
+        }
+        L = line_integrals(config, ct["density"], P) * d["density_scale"]
+        scatter = None
+        if config.scatter is not None:
+            params["scatter_net"] = tables["scatter_net"]
+            s_ei, s_pc = scatter_images(config, params, L, P, ct["density"])
+            on = d["scatter"].astype(s_ei.dtype)
+            scatter = (s_ei * on, s_pc * on)
+        key = d["noise_key"] if config.noise is not None else None
+        image = image_from_line_integrals(
+            config, params, L, key, scatter, photons_per_pixel=d["photons_per_pixel"]
+        )
+        out = {
+            "index": jnp.asarray(index, jnp.int64 if jax.config.jax_enable_x64 else jnp.int32),
+            "image": image,
+            **cam,
+            "source_mm": source_position(P),
+            **{k: d[k] for k in ("lao_deg", "cran_deg", "isocenter_mm", "sdd_mm", "sid_mm", "pixel_mm")},
+            **{k: d[k] for k in ("kvp", "photons_per_pixel", "density_scale")},
+            "scatter": d["scatter"] if config.scatter is not None else jnp.asarray(False),
+        }
+        if ann.line_integrals:
+            out["line_integrals"] = L
+        if landmark_count and ann.landmarks:
+            xy, depth = project_points(P, ct["landmarks"])
+            x, y = xy[:, 0], xy[:, 1]
+            in_front = depth > 0
+            in_image = (x >= -0.5) & (x <= W - 0.5) & (y >= -0.5) & (y <= H - 0.5) & jnp.isfinite(x + y)
+            visible = in_front & in_image
+            out.update(
+                landmarks_2d=xy,
+                landmarks_depth_mm=depth,
+                landmarks_in_image=in_image,
+                landmarks_in_front=in_front,
+                landmarks_visible=visible,
+            )
+            if ann.heatmaps:
+                rows = jnp.arange(H, dtype=xy.dtype)[None, :, None]
+                cols = jnp.arange(W, dtype=xy.dtype)[None, None, :]
+                r2 = (cols - x[:, None, None]) ** 2 + (rows - y[:, None, None]) ** 2
+                heat = jnp.exp(-0.5 * r2 / ann.heatmap_sigma_px**2)
+                out["heatmaps"] = jnp.where(visible[:, None, None], heat, 0.0)
+        if label_count and (ann.masks or ann.path_lengths):
+            lab = ct["labels"]
+            # Path length (mm) through each label: the projector's line integral of its indicator.
+            path = project(lab.data, lab.affine, P, H, W, step_mm=config.step_mm, backend=config.backend)
+            path = jnp.moveaxis(path, -1, 0)
+            if ann.masks:
+                out["masks"] = path > ann.mask_threshold_mm
+            if ann.path_lengths:
+                out["path_lengths_mm"] = path
+        return out
+
+    return sample
+
+
+def make_batch_fn(spec: DatasetSpec, landmark_count: int, label_count: int, devices=None):
+    """``batch(tables, ct, indices [B]) -> dict of [B, ...]``: the vmapped, jitted sampler.
+
+    With several ``devices`` (default: the local devices) the batch axis is sharded across them
+    (``B`` must then be a multiple of their number; the generator pads batches).
+    """
+    fn = jax.vmap(make_sample_fn(spec, landmark_count, label_count), in_axes=(None, None, 0))
+    devices = list(jax.local_devices() if devices is None else devices)
+    if len(devices) == 1:
+        return jax.jit(fn)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(devices), ("batch",))
+    batch = NamedSharding(mesh, PartitionSpec("batch"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(fn, in_shardings=(replicated, replicated, batch), out_shardings=batch)
