@@ -511,6 +511,8 @@ def test_failed_ct_is_reported_and_the_rest_proceeds(tmp_path):
 def test_landmark_file_and_label_map_inputs(tmp_path):
     import nibabel as nib
 
+    from jaxdrr.datasets.sources import load_ct, read_landmarks
+
     vol = jaxdrr.phantom(shape=(24, 20, 16))
     nib.save(nib.Nifti1Image(np.asarray(vol.data), vol.affine), tmp_path / "ct.nii.gz")
     labels = jaxdrr.phantoms.pelvis_label_map((24, 20, 16), vol.spacing)
@@ -526,7 +528,7 @@ def test_landmark_file_and_label_map_inputs(tmp_path):
                 "path": "ct.nii.gz",
                 "landmarks": "lm.csv",
                 "labels": "seg.nii.gz",
-                "label_names": {"5": "left femur"},
+                "label_names": {"5": "left femur", "6": "right femur"},
             }
         ],
         "detector": {"height": 16, "width": 16, "pixel_mm": 24.0},
@@ -537,11 +539,20 @@ def test_landmark_file_and_label_map_inputs(tmp_path):
     D.generate(spec, tmp_path / "out", progress=False)
     s = D.open(tmp_path / "out")[0]
     assert s["landmark_names"] == tuple(pts)
-    present = sorted(set(np.unique(labels).tolist()) - {0})  # the screw is too thin for this grid
-    assert s["label_names"] == tuple("left femur" if i == 5 else f"label{i}" for i in present)
+    assert s["label_names"] == ("left femur", "right femur")  # the named labels are selected
+    assert s["masks"].shape == (2, 16, 16)
+    femurs = (labels == 5).astype(np.float32)[None], (labels == 6).astype(np.float32)[None]
+    for k, indicator in enumerate(femurs):
+        path = np.asarray(
+            jaxdrr.project(indicator, vol.affine, s["P"], 16, 16, step_mm="planes", backend="xla")
+        )
+        differ = s["masks"][k].astype(bool) != (path[..., 0] > 0)
+        assert np.all(path[..., 0][differ] < 1e-3)
+    data["ct"][0]["label_names"] = {"9": "nothing"}
+    with pytest.raises(jaxdrr.LoadError, match=r"label id\(s\) \[9\] named in label_names do not occur"):
+        bad = D.spec_from_dict(data, base_dir=tmp_path)
+        load_ct(bad, bad.cts[0])
     (tmp_path / "bad.csv").write_text("a,1,2\n")
-    from jaxdrr.datasets.sources import read_landmarks
-
     with pytest.raises(jaxdrr.LoadError, match="expected name,x,y,z"):
         read_landmarks(tmp_path / "bad.csv")
 
@@ -629,5 +640,21 @@ def test_two_processes_equal_one(cli_reference, tmp_path):
     entries = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("shard-*.json"))]
     assert sorted({e["process"] for e in entries}) == [0, 1]
     assert all(e["process"] == e["shard"] % 2 for e in entries)
+    assert json.loads((out / "manifest.json").read_text())["complete"]
+    assert_identical(all_samples(out), reference)
+
+
+def test_local_workers_equal_one_process(cli_reference, tmp_path):
+    """--workers 2: two pinned local processes without jax.distributed, same samples."""
+    spec, _, reference = cli_reference
+    out = tmp_path / "workers"
+    proc = cli("dataset", "--config", spec, "--out", out, "--workers", 2, "--no-progress")
+    assert f"dataset {out}: complete" in proc.stdout_text
+    entries = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("shard-*.json"))]
+    assert sorted({e["process"] for e in entries}) == [0, 1]
+    assert sorted((out / "logs").glob("*.log")) == [
+        out / "logs" / "process-000.log",
+        out / "logs" / "process-001.log",
+    ]
     assert json.loads((out / "manifest.json").read_text())["complete"]
     assert_identical(all_samples(out), reference)

@@ -1,5 +1,9 @@
 """``jaxdrr dataset``: generate (or resume) a dataset from a spec; ``jaxdrr dataset init SPEC``.
 
+On a CPU machine, ``--workers N`` runs N local worker processes pinned to their share of the
+cores (one JAX process keeps about one core busy with the projector), splits the shards between
+them and finalises the dataset when all are done.
+
 Multi-process: on SLURM (``srun``), Open MPI (``mpirun``) or Kubernetes, ``jax.distributed`` is
 initialised from the environment (``--distributed auto``, the default, does so when the
 environment names more than one process); on one machine give ``--coordinator HOST:PORT
@@ -8,7 +12,9 @@ environment names more than one process); on one machine give ``--coordinator HO
 
 from __future__ import annotations
 
+import argparse
 import os
+import subprocess
 import sys
 
 
@@ -34,7 +40,18 @@ def add_parser(sub) -> None:
     p.add_argument("--coordinator", help="HOST:PORT of process 0 (single-machine multi-process runs)")
     p.add_argument("--num-processes", type=int, help="number of processes (with --coordinator)")
     p.add_argument("--process-id", type=int, help="this process's id (with --coordinator)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local worker processes, each pinned to its share of the CPU cores (CPU machines: one "
+        "JAX process keeps about one core busy, so use the core count); the shards are split between "
+        "them and this process writes the manifest when all have finished (default 1)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # Internal: set by --workers for its children.
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--worker-cpus", help=argparse.SUPPRESS)
 
 
 def _cluster_process_count() -> int:
@@ -85,12 +102,26 @@ def run(args) -> int:
     from jaxdrr.datasets.spec import load_spec
 
     spec = load_spec(args.config)  # validate before starting anything distributed
-    initialize_distributed(args)
+    if args.workers < 1:
+        print("jaxdrr dataset: --workers must be >= 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.worker_index is None:
+        if args.coordinator is not None:
+            print("jaxdrr dataset: --workers and --coordinator exclude each other", file=sys.stderr)
+            return 2
+        return run_local_workers(args, spec)
+    if args.worker_cpus:  # before JAX starts its thread pools, which size themselves from it
+        os.sched_setaffinity(0, {int(c) for c in args.worker_cpus.split(",")})
+    share = {}
+    if args.worker_index is not None:
+        share = dict(process_index=args.worker_index, process_count=args.workers, write_final=False)
+    else:
+        initialize_distributed(args)
     from jaxdrr.datasets.generate import generate
     from jaxdrr.datasets.store import DatasetWriteError
 
     try:
-        report = generate(spec, args.out, progress=not args.no_progress)
+        report = generate(spec, args.out, progress=not args.no_progress, **share)
     except DatasetWriteError as e:
         print(f"jaxdrr dataset: error: {e.strerror}", file=sys.stderr)
         return 1
@@ -101,7 +132,53 @@ def run(args) -> int:
     )
     for name, message in report.failed_cts.items():
         print(f"  CT {name} failed: {message}", file=sys.stderr)
-    if report.process_index == 0:
-        state = "complete" if report.complete else "INCOMPLETE (see failures/ and logs/; rerun to retry)"
-        print(f"dataset {args.out}: {state}")
+    if report.process_index == 0 and args.worker_index is None:
+        _print_state(args.out, report.complete)
     return 1 if report.failed_cts else 0
+
+
+def _print_state(out, complete: bool) -> None:
+    state = "complete" if complete else "INCOMPLETE (see failures/ and logs/; rerun to retry)"
+    print(f"dataset {out}: {state}")
+
+
+def _cpu_shares(count: int) -> list[str]:
+    """Splits this process's CPUs into ``count`` contiguous, near-equal groups."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < count:
+        return [""] * count  # fewer cores than workers: no pinning
+    groups = [cpus[i * len(cpus) // count : (i + 1) * len(cpus) // count] for i in range(count)]
+    return [",".join(map(str, g)) for g in groups]
+
+
+def run_local_workers(args, spec) -> int:
+    """``--workers N``: N child processes, each with its share of the shards and of the CPU cores.
+
+    No ``jax.distributed``: the children need no communication (each takes shards ``s`` with
+    ``s % N == i``); this process waits for them and writes the manifest and COCO file. If a child
+    fails, the others are stopped; rerunning resumes.
+    """
+    from jaxdrr.datasets.generate import finalize
+
+    base = [sys.executable, "-m", "jaxdrr", "dataset", "--config", args.config, "--out", args.out]
+    children = []
+    for i, cpus in enumerate(_cpu_shares(args.workers)):
+        cmd = [*base, "--workers", str(args.workers), "--worker-index", str(i)]
+        cmd += ["--worker-cpus", cpus] if cpus else []
+        cmd += ["--no-progress"] if (args.no_progress or i > 0) else []
+        children.append(subprocess.Popen(cmd))
+    codes = []
+    try:
+        for child in children:
+            codes.append(child.wait())
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    if any(c not in (0, 1) for c in codes):  # 1 = a CT failed (reported by the child); others: crashed
+        print(f"jaxdrr dataset: worker exit codes {codes}; rerun the same command to resume", file=sys.stderr)
+        return 1
+    complete = finalize(args.out, spec)
+    _print_state(args.out, complete)
+    return 0 if complete else 1

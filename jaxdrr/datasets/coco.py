@@ -54,6 +54,8 @@ def _bbox(mask: np.ndarray) -> list[float]:
 
 def coco_dict(dataset) -> dict:
     """The COCO dictionary of an opened dataset (:func:`jaxdrr.datasets.open`)."""
+    from jaxdrr.datasets.store import read_field
+
     images, annotations, categories = [], [], []
     category_ids: dict[tuple, int] = {}
 
@@ -115,7 +117,7 @@ def coco_dict(dataset) -> dict:
                     }
                 )
             if "masks" in fields and labels:
-                masks = np.asarray(f["masks"][row]).astype(bool)
+                masks = read_field(f, "masks", row).astype(bool)
                 for k, name in enumerate(labels):
                     m = masks[k]
                     if not m.any():

@@ -25,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from jaxdrr.datasets import store
@@ -57,7 +58,13 @@ def plan_shards(spec: DatasetSpec) -> list[Shard]:
 
 @dataclasses.dataclass
 class Report:
-    """What a :func:`generate` call did (this process)."""
+    """What a :func:`generate` call did (this process).
+
+    Times: ``seconds`` wall time; ``seconds_dispatching`` launching renders (asynchronous, so not
+    the render time); ``seconds_writer_busy`` the writer thread converting to NumPy and writing
+    shards (in parallel with rendering); ``seconds_waiting_for_writer`` the main thread blocked
+    on a full writer queue or the final join (which includes waiting for the last renders).
+    """
 
     process_index: int
     process_count: int
@@ -67,7 +74,7 @@ class Report:
     samples_written: int = 0
     failed_cts: dict = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
-    seconds_rendering: float = 0.0
+    seconds_dispatching: float = 0.0
     seconds_writer_busy: float = 0.0
     seconds_waiting_for_writer: float = 0.0
     complete: bool = False
@@ -93,7 +100,7 @@ def _prepare_output(spec: DatasetSpec, out: Path, num_shards: int, process_index
                 f"{out} holds a dataset made from a different spec (digest {existing.get('digest', '?')[:12]} "
                 f"vs {digest[:12]}); use a new --out directory, or delete {out} to start over"
             )
-    elif process_index == 0 or not spec_file.exists():
+    else:  # every process may write it (same content, atomic rename): no ordering needed
         store.write_json_atomic(
             spec_file,
             {
@@ -122,7 +129,8 @@ class _Writer(threading.Thread):
         self.queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self.out, self.compression, self.image_dtype = out, compression, image_dtype
         self.error: BaseException | None = None
-        self.busy = 0.0
+        self.busy = 0.0  # seconds converting to NumPy and writing (overlaps the next render)
+        self.device_wait = 0.0  # seconds waiting for batches still rendering
         self.written: list[dict] = []
 
     def run(self):
@@ -136,6 +144,12 @@ class _Writer(threading.Thread):
             shard, batch, valid, attrs, entry, last = item
             t0 = time.perf_counter()
             try:
+                # Dispatch is asynchronous: wait for the device first, so that ``busy`` counts
+                # only the host's share (conversion and the HDF5 write).
+                jax.block_until_ready(batch)
+                t1 = time.perf_counter()
+                self.device_wait += t1 - t0
+                t0 = t1
                 host = {k: np.asarray(v)[:valid] for k, v in batch.items()}
                 pending.setdefault(shard.shard_id, []).append(host)
                 if last:
@@ -159,7 +173,7 @@ class _Writer(threading.Thread):
             if name in arrays:
                 arrays[name] = arrays[name].astype(np.float16)
         if "masks" in arrays:
-            arrays["masks"] = arrays["masks"].astype(np.uint8)
+            arrays[store.PACKED_MASKS] = store.pack_masks(arrays.pop("masks"))
         arrays["image"] = arrays["image"].astype(self.image_dtype)
         return arrays
 
@@ -174,22 +188,19 @@ def _load_ct_on_device(spec: DatasetSpec, entry, config):
 
     assets = load_ct(spec, entry)
     density = decompose(None, assets.volume, config.materials)
-    density = density.replace(data=jnp.asarray(density.data))
-    labels = None
+    data, names = jnp.asarray(density.data), density.channel_names
     if assets.labels is not None and (spec.annotations.masks or spec.annotations.path_lengths):
-        labels = Volume.create(
-            one_hot(assets.labels, assets.label_ids),
-            assets.volume.affine,
-            kind="density",
-            channel_names=assets.label_names,
-        )
+        # Label indicators become extra channels of the same volume: one ray march gives the
+        # material line integrals and the label path lengths.
+        indicators = jnp.asarray(one_hot(assets.labels, assets.label_ids), data.dtype)
+        data, names = jnp.concatenate([data, indicators]), (*names, *assets.label_names)
+    volume = Volume(data=data, affine_key=density.affine_key, kind="density", channel_names=tuple(names))
     landmarks = None
     if assets.landmarks is not None and spec.annotations.landmarks:
         landmarks = jnp.asarray(assets.landmarks, jnp.result_type(float))
     iso = assets.volume.center if spec.pose.isocenter_mm == "center" else np.asarray(spec.pose.isocenter_mm)
     ct = {
-        "density": density,
-        "labels": labels,
+        "volume": volume,
         "landmarks": landmarks,
         "isocenter": jnp.asarray(iso, jnp.result_type(float)),
     }
@@ -245,7 +256,6 @@ def generate(
       DatasetWriteError: a shard could not be written (disk full, permissions); finished shards
         are kept and a rerun resumes.
     """
-    import jax
     from tqdm import tqdm  # plain text bar: works in terminals, logs and notebooks alike
 
     from jaxdrr.datasets import pipeline
@@ -305,7 +315,6 @@ def generate(
 
 
 def _render_shards(spec, out, todo, report, progress, tqdm, pipeline) -> None:
-    import jax
     import jax.numpy as jnp
 
     from jaxdrr.materials import as_material_config
@@ -352,9 +361,10 @@ def _render_shards(spec, out, todo, report, progress, tqdm, pipeline) -> None:
                 continue
             failure_file.unlink(missing_ok=True)
             nl = 0 if ct["landmarks"] is None else len(assets.landmark_names)
-            nk = 0 if ct["labels"] is None else len(assets.label_ids)
+            nk = ct["volume"].data.shape[0] - len(material_names)
             fn = batch_fns.setdefault((nl, nk), pipeline.make_batch_fn(spec, nl, nk))
             attrs = {
+                "mask_count": nk if spec.annotations.masks else 0,
                 "ct": entry.name,
                 "ct_index": ct_index,
                 "landmark_names": list(assets.landmark_names) if nl else [],
@@ -380,7 +390,9 @@ def _render_shards(spec, out, todo, report, progress, tqdm, pipeline) -> None:
                     idx = np.minimum(idx, shard.first_index + shard.count - 1)  # pad with the last sample
                     t0 = time.perf_counter()
                     batch = fn(tables, ct, jnp.asarray(idx, jnp.int32))
-                    report.seconds_rendering += time.perf_counter() - t0  # dispatch (async on devices)
+                    report.seconds_dispatching += (
+                        time.perf_counter() - t0
+                    )  # asynchronous: not the render time
                     if writer.error is not None:
                         raise writer.error
                     last = b0 + B >= shard.count

@@ -24,7 +24,7 @@ from jaxdrr.datasets.spec import DatasetSpec
 from jaxdrr.geometry.projection import project_points, source_position
 from jaxdrr.noise import NoiseConfig
 from jaxdrr.ops.project import project
-from jaxdrr.render import RenderConfig, image_from_line_integrals, line_integrals, scatter_images
+from jaxdrr.render import MM_PER_CM, RenderConfig, image_from_line_integrals, scatter_images
 from jaxdrr.scatter.estimate import ScatterConfig
 
 
@@ -88,13 +88,15 @@ def physics_tables(spec: DatasetSpec) -> dict:
 def make_sample_fn(spec: DatasetSpec, landmark_count: int, label_count: int):
     """``sample(tables, ct, index) -> dict`` of one sample (see the module doc).
 
-    ``ct`` is ``{"density": Volume, "labels": Volume | None, "landmarks": [L, 3] | None,
-    "isocenter": [3]}``. The returned arrays are described in :mod:`jaxdrr.datasets.store`.
+    ``ct`` is ``{"volume": Volume, "landmarks": [L, 3] | None, "isocenter": [3]}``: the volume's
+    channels are the material densities (g/cm^3) followed by ``label_count`` label indicators (0/1),
+    so one ray march gives both the line integrals and the label path lengths. The returned arrays are described in :mod:`jaxdrr.datasets.store`.
     """
     config = render_config(spec)
     ann = spec.annotations
     H, W = spec.detector.height, spec.detector.width
     channel_names = config.materials.names
+    n_materials = len(channel_names)
 
     def sample(tables, ct, index):
         d = sampling.draw(spec, sampling.sample_key(spec.seed, index), ct["isocenter"], channel_names)
@@ -106,11 +108,14 @@ def make_sample_fn(spec: DatasetSpec, landmark_count: int, label_count: int):
             "mu_rho": tables["mu_rho"],
             "sdd_mm": d["sdd_mm"],
         }
-        L = line_integrals(config, ct["density"], P) * d["density_scale"]
+        # One ray march for the material channels and the label indicators together.
+        vol = ct["volume"]
+        L_all = project(vol.data, vol.affine, P, H, W, step_mm=config.step_mm, backend=config.backend)
+        L = L_all[..., :n_materials] / MM_PER_CM * d["density_scale"]  # g/cm^2
         scatter = None
         if config.scatter is not None:
             params["scatter_net"] = tables["scatter_net"]
-            s_ei, s_pc = scatter_images(config, params, L, P, ct["density"])
+            s_ei, s_pc = scatter_images(config, params, L, P, vol)
             on = d["scatter"].astype(s_ei.dtype)
             scatter = (s_ei * on, s_pc * on)
         key = d["noise_key"] if config.noise is not None else None
@@ -148,10 +153,8 @@ def make_sample_fn(spec: DatasetSpec, landmark_count: int, label_count: int):
                 heat = jnp.exp(-0.5 * r2 / ann.heatmap_sigma_px**2)
                 out["heatmaps"] = jnp.where(visible[:, None, None], heat, 0.0)
         if label_count and (ann.masks or ann.path_lengths):
-            lab = ct["labels"]
-            # Path length (mm) through each label: the projector's line integral of its indicator.
-            path = project(lab.data, lab.affine, P, H, W, step_mm=config.step_mm, backend=config.backend)
-            path = jnp.moveaxis(path, -1, 0)
+            # Path length (mm) through each label: the line integral of its indicator volume.
+            path = jnp.moveaxis(L_all[..., n_materials:], -1, 0)
             if ann.masks:
                 out["masks"] = path > ann.mask_threshold_mm
             if ann.path_lengths:

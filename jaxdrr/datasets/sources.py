@@ -145,10 +145,17 @@ def load_ct(spec: DatasetSpec, entry: CTEntry) -> CTAssets:
         labels = _read_label_map(spec.resolve(entry.labels), volume)
         named = dict(entry.label_names)
         present = sorted(int(v) for v in np.unique(labels) if v > 0)
-        label_ids = tuple(sorted(set(present) | set(named)))
+        # Named labels select what is projected (each label costs a volume-sized channel: a
+        # 100-label segmentation of a clinical CT would not fit in memory); else every label.
+        label_ids = tuple(sorted(named)) if named else tuple(present)
         label_names = tuple(named.get(i, f"label{i}") for i in label_ids)
         if not label_ids:
             raise LoadError(f"{entry.labels}: the label map has no non-zero label")
+        missing = sorted(set(label_ids) - set(present))
+        if missing:
+            raise LoadError(
+                f"{entry.labels}: label id(s) {missing} named in label_names do not occur in the map"
+            )
     return CTAssets(volume, landmarks, landmark_names, labels, label_ids, label_names)
 
 

@@ -91,7 +91,9 @@ class CTEntry:
         (``{"name": [x, y, z]}``) file; None: no landmarks.
       labels: ``"builtin"`` (analytic and synthetic phantoms) or a label-map file on the CT's
         grid (integer voxels; 0 = background); None: no projected masks.
-      label_names: ``{label id: name}`` of a label-map file (default ``label<id>``).
+      label_names: ``{label id: name}`` of a label-map file. When given, only these labels are
+        projected (each costs one CT-sized float32 channel on the device: select the structures
+        you need from a large segmentation); when empty, every label present, named ``label<id>``.
     """
 
     name: str

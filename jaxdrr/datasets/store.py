@@ -26,7 +26,8 @@ the C-arm draw ``lao_deg``, ``cran_deg``, ``isocenter_mm`` [3], ``sdd_mm``, ``si
 ``density_scale`` [M]; with landmarks ``landmarks_2d`` [L, 2] (column, row; pixel centres on
 integers), ``landmarks_depth_mm`` [L], ``landmarks_in_image``, ``landmarks_in_front``,
 ``landmarks_visible`` (= both) [L]; optional ``heatmaps`` [L, H, W] float16, ``masks`` [labels, H,
-W] uint8, ``path_lengths_mm`` [labels, H, W] float16, ``line_integrals`` [H, W, M] float16 (g/cm^2).
+W] uint8 (stored bit-packed along the label axis as ``masks_packed``, attribute ``mask_count``;
+the reader unpacks them), ``path_lengths_mm`` [labels, H, W] float16, ``line_integrals`` [H, W, M] float16 (g/cm^2).
 File attributes: ``ct``, ``ct_index``, ``landmark_names``, ``label_names``, ``label_ids``,
 ``material_names``, ``spec_digest`` (JSON strings where lists).
 """
@@ -50,7 +51,26 @@ SHARD_DIR = "shards"
 FAILURE_DIR = "failures"
 LOG_DIR = "logs"
 FLOAT16_FIELDS = ("heatmaps", "path_lengths_mm", "line_integrals")
-COMPRESSED_FIELDS = ("image", "heatmaps", "masks", "path_lengths_mm", "line_integrals")
+COMPRESSED_FIELDS = ("image", "heatmaps", "masks_packed", "path_lengths_mm", "line_integrals")
+PACKED_MASKS = "masks_packed"  # on disk: bits along the label axis, [n, ceil(labels / 8), H, W] uint8
+
+
+def pack_masks(masks: np.ndarray) -> np.ndarray:
+    """[n, labels, H, W] bool -> [n, ceil(labels / 8), H, W] uint8 (8x smaller on disk)."""
+    return np.packbits(np.asarray(masks, bool), axis=1)
+
+
+def read_field(f, name: str, row: int) -> np.ndarray:
+    """One sample's array ``name`` from an open shard; ``"masks"`` are unpacked to [labels, H, W] uint8."""
+    if name == "masks":
+        count = int(f.attrs["mask_count"])
+        return np.unpackbits(np.asarray(f[PACKED_MASKS][row]), axis=0, count=count)
+    return np.asarray(f[name][row])
+
+
+def field_names(f) -> list[str]:
+    """The per-sample array names of an open shard (``"masks"`` for the packed masks)."""
+    return ["masks" if k == PACKED_MASKS else k for k in f.keys()]
 
 
 class DatasetError(JaxdrrError):
@@ -234,14 +254,14 @@ class Dataset(Sequence):
         """Names of the per-sample arrays."""
         if not self.entries:
             return ()
-        return tuple(self._file(self.entries[0]).keys())
+        return tuple(field_names(self._file(self.entries[0])))
 
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         entry, row = self._locate(int(i))
         f = self._file(entry)
-        sample = {name: np.asarray(f[name][row]) for name in f}
+        sample = {name: read_field(f, name, row) for name in field_names(f)}
         sample["ct"] = entry["ct"]
         sample["landmark_names"] = tuple(json.loads(f.attrs.get("landmark_names", "[]")))
         sample["label_names"] = tuple(json.loads(f.attrs.get("label_names", "[]")))
@@ -275,8 +295,8 @@ class Dataset(Sequence):
     def _row(self, i: int, fields) -> dict[str, np.ndarray]:
         entry, row = self._locate(i)
         f = self._file(entry)
-        names = fields if fields is not None else list(f.keys())
-        return {name: np.asarray(f[name][row]) for name in names}
+        names = fields if fields is not None else field_names(f)
+        return {name: read_field(f, name, row) for name in names}
 
     def verify(self) -> None:
         """Checks every shard's SHA-256 against its manifest entry.
