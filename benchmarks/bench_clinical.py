@@ -6,7 +6,7 @@ physics (3 materials, 1 keV IPEM spectrum, noise) at 1024 x 1024, then the pose 
 noise-free render. Reports wall time and the process's peak RSS (VmHWM), which includes the HU
 volume, its three density channels and their padded copy.
 
-    python benchmarks/bench_clinical.py [--step planes|half]
+    python benchmarks/bench_clinical.py [--step planes|half] [--backend auto|xla|native]
 """
 
 import argparse
@@ -26,11 +26,16 @@ def main():
     ap.add_argument("--step", choices=("planes", "half"), default="planes")
     ap.add_argument("--shape", type=int, nargs=3, default=(512, 512, 500))
     ap.add_argument("--detector", type=int, default=1024)
+    ap.add_argument("--backend", default="auto", help="projector backend (auto: native on CPU when built)")
     args = ap.parse_args()
     import jax
     import jax.numpy as jnp
 
     import jaxdrr
+    from jaxdrr.ops import project_backend
+
+    which = " ".join(project_backend()) if args.backend == "auto" else args.backend
+    print(f"jax {jax.__version__}; projector: {which}", flush=True)
 
     t = time.perf_counter()
     vol = jaxdrr.phantom(shape=tuple(args.shape))
@@ -42,7 +47,9 @@ def main():
     )
     P = jaxdrr.geometry.carm(30.0, 10.0, isocenter=vol.center, geometry=g)
     step = "planes" if args.step == "planes" else None
-    cfg = jaxdrr.RenderConfig(height=g.height, width=g.width, step_mm=step, noise=jaxdrr.NoiseConfig())
+    cfg = jaxdrr.RenderConfig(
+        height=g.height, width=g.width, step_mm=step, noise=jaxdrr.NoiseConfig(), backend=args.backend
+    )
     params = jaxdrr.default_params(cfg)
     render = jax.jit(jaxdrr.make_renderer(cfg))
     for label in ("render (compile + run)", "render"):

@@ -32,6 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from jaxdrr.ops.project import BACKENDS  # noqa: E402
+
 LAO, CRAN = 30.0, 10.0
 TARGETS = {
     "samples_per_s": 25e6,
@@ -147,7 +149,9 @@ def worker(spec: dict) -> dict:
     ch = spec.get("channels", 1)
 
     if kind == "render":
-        config = jaxdrr.RenderConfig(height=det, width=det, step_mm=step, noise=jaxdrr.NoiseConfig())
+        config = jaxdrr.RenderConfig(
+            height=det, width=det, step_mm=step, noise=jaxdrr.NoiseConfig(), backend=spec["backend"]
+        )
         params = jaxdrr.default_params(config)
         render = jax.jit(jaxdrr.make_renderer(config))
         data = jax.block_until_ready(vol.data)
@@ -159,20 +163,22 @@ def worker(spec: dict) -> dict:
         data = jax.block_until_ready(densities(vol, ch))
         extra = {}
         if kind == "fwd":
-            f = jax.jit(lambda d, P: jaxdrr.project(d, affine, P, det, det, step_mm=step, backend="xla"))
+            f = jax.jit(
+                lambda d, P: jaxdrr.project(d, affine, P, det, det, step_mm=step, backend=spec["backend"])
+            )
             meter = common.MemoryMeter()
             fn = lambda: f(data, P)  # noqa: E731
         elif kind == "grad":
             # target: the same view 1 degree off, so the loss and its gradient are non-trivial
             P_t = jaxdrr.geometry.carm(LAO + 1.0, CRAN, isocenter=vol.center, geometry=geometry(vol, det))
             target = jax.block_until_ready(
-                jax.jit(lambda d, P: jaxdrr.project(d, affine, P, det, det, step_mm=step, backend="xla"))(
-                    data, P_t
-                )
+                jax.jit(
+                    lambda d, P: jaxdrr.project(d, affine, P, det, det, step_mm=step, backend=spec["backend"])
+                )(data, P_t)
             )
 
             def loss(P, d):
-                img = jaxdrr.project(d, affine, P, det, det, step_mm=step, backend="xla")
+                img = jaxdrr.project(d, affine, P, det, det, step_mm=step, backend=spec["backend"])
                 return 0.5 * jnp.mean((img - target) ** 2)
 
             f = jax.jit(jax.value_and_grad(loss))
@@ -230,7 +236,13 @@ def worker(spec: dict) -> dict:
 
 def run(args) -> dict:
     script = str(Path(__file__).resolve())
-    base = {"size": args.size, "detector": args.detector, "repeats": args.repeats, "step": args.step}
+    base = {
+        "size": args.size,
+        "detector": args.detector,
+        "repeats": args.repeats,
+        "step": args.step,
+        "backend": args.backend,
+    }
     print(f"# preparing {args.size}^3 phantom (cached in {common.CACHE_DIR}) ...", flush=True)
     make_volume(args.size)
     plan = [
@@ -364,7 +376,7 @@ def summarise(results: dict, args, info: dict) -> tuple[dict, str]:
             f"(paired: {ok(summary['paired_render_ratio'] <= T['render_ratio'])})",
         ],
         [
-            "breakdown: detector_rays",
+            "XLA breakdown: detector_rays",
             trays,
             summary["peak_mb"].get("rays"),
             summary["exec_peak_mb"].get("rays"),
@@ -372,7 +384,7 @@ def summarise(results: dict, args, info: dict) -> tuple[dict, str]:
             "",
         ],
         [
-            "breakdown: pad_channels_last (1 ch)",
+            "XLA breakdown: pad_channels_last (1 ch)",
             tpad,
             summary["peak_mb"].get("pad1"),
             summary["exec_peak_mb"].get("pad1"),
@@ -380,7 +392,7 @@ def summarise(results: dict, args, info: dict) -> tuple[dict, str]:
             "",
         ],
         [
-            "breakdown: march only (1 ch)",
+            "XLA breakdown: march only (1 ch)",
             tmarch,
             summary["peak_mb"].get("march1"),
             summary["exec_peak_mb"].get("march1"),
@@ -388,7 +400,7 @@ def summarise(results: dict, args, info: dict) -> tuple[dict, str]:
             "",
         ],
         [
-            "breakdown: pad_channels_last (3 ch)",
+            "XLA breakdown: pad_channels_last (3 ch)",
             tpad3,
             summary["peak_mb"].get("pad3"),
             summary["exec_peak_mb"].get("pad3"),
@@ -396,7 +408,7 @@ def summarise(results: dict, args, info: dict) -> tuple[dict, str]:
             "",
         ],
         [
-            "breakdown: march only (3 ch)",
+            "XLA breakdown: march only (3 ch)",
             tmarch3,
             summary["peak_mb"].get("march3"),
             summary["exec_peak_mb"].get("march3"),
@@ -410,7 +422,7 @@ def summarise(results: dict, args, info: dict) -> tuple[dict, str]:
         "",
         f"Command: `{info['command']}`  ",
         f"Machine: {info['cpus']} CPUs, {info['platform']}, Python {info['python']}, "
-        f"jax {info.get('jax')} ({info.get('jax_backend')})  ",
+        f"jax {info.get('jax')} ({info.get('jax_backend')}); projector: {info.get('projector', 'xla')}  ",
         f"Load average at start: {info['loadavg']}; at end: {info.get('loadavg_end')} "
         "(the machine is shared; other jobs were running)  ",
         f"Volume: pelvis phantom {args.size}^3, isotropic {384.0 / args.size:.3f} mm; detector "
@@ -451,6 +463,12 @@ def main(argv=None):
         default=1,
         help="repeat the headline measurements (fresh processes) and take the median",
     )
+    ap.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="projector backend of (a)-(e); the breakdown is always the XLA path's",
+    )
     ap.add_argument("--quick", action="store_true", help="64^3 volume, 64x64 detector, 2 repeats")
     ap.add_argument("--only", default="", help="comma-separated subset, e.g. fwd1,fwd3")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
@@ -472,6 +490,9 @@ def main(argv=None):
     if args.quick:
         args.size, args.detector, args.repeats = 64, 64, 2
     info = common.machine_info()
+    from jaxdrr.ops import project_backend
+
+    info["projector"] = args.backend if args.backend != "auto" else " ".join(project_backend())
     info["command"] = "python benchmarks/bench_project.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )

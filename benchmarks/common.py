@@ -132,6 +132,15 @@ def machine_info() -> dict:
         info["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     except OSError:
         pass
+    try:  # the host CPU: results from different machines of the same name are not comparable
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["cpu_model"] = next(
+            x.split(":", 1)[1].strip() for x in cpuinfo.splitlines() if x.startswith("model name")
+        )
+        flags = next(x.split(":", 1)[1].split() for x in cpuinfo.splitlines() if x.startswith("flags"))
+        info["cpu_simd"] = [f for f in ("sse4_2", "avx2", "fma", "avx512f") if f in flags]
+    except (OSError, StopIteration):
+        pass
     try:
         import jax
 

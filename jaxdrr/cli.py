@@ -150,7 +150,9 @@ def _add_render_parser(sub) -> None:
         action="store_true",
         help="with several views: re-render views whose output exists (default: resume)",
     )
-    out.add_argument("--backend", choices=("auto", "xla", "pallas", "pallas_interpret"), default="auto")
+    from jaxdrr.ops.project import BACKENDS
+
+    out.add_argument("--backend", choices=BACKENDS, default="auto")
 
 
 def _step(text: str):
@@ -411,15 +413,31 @@ def _version_string() -> str:
     import jax
 
     from jaxdrr._version import __version__
+    from jaxdrr.ops import project_backend
 
-    return f"jaxdrr {__version__} (jax {jax.__version__}, Python {sys.version.split()[0]})"
+    name, why = project_backend()
+    return (
+        f"jaxdrr {__version__} (jax {jax.__version__}, Python {sys.version.split()[0]})\n"
+        f"projector: {name} ({why})"
+    )
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: computed when asked (it initialises JAX's backend and the native library)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version_string())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxdrr", description="Realistic, differentiable X-ray simulation from CT."
     )
-    parser.add_argument("--version", action="version", version=_version_string())
+    parser.add_argument("--version", action=_VersionAction, help="show versions and the projector backend")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_render_parser(sub)
     info = sub.add_parser("info", help="print a volume's shape, spacing, HU range and world box")

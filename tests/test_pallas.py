@@ -27,6 +27,7 @@ from float_bounds import (
     forward_bound,
     ray_cotangent_bound,
 )
+from projector_cases import assert_miss_case_has_missing_rays, case, weights
 
 from jaxdrr import geometry as G
 from jaxdrr._compat import TRITON_CUSTOM_CALL_TARGET, gpu_lowering_context
@@ -34,45 +35,18 @@ from jaxdrr.ops import march, pallas_project, project
 from jaxdrr.ops.rays import VolumeGrid, detector_rays
 
 TRITON_CALL = TRITON_CUSTOM_CALL_TARGET
-
-OBLIQUE = np.array([[1.1, 0.1, 0, -8], [0, 0.9, 0.05, -6], [0.02, 0, 1.3, -8], [0, 0, 0, 1.0]])
-ANISO = np.array([[0.7, 0, 0, -3], [0, 1.3, 0, -12], [0, 0, 2.1, -7], [0, 0, 0, 1.0]])
-
-
-def _case(name):
-    rng = np.random.default_rng({"oblique": 0, "aniso": 1, "miss": 2}[name])
-    if name == "oblique":  # non-power-of-two shape, oblique affine, 2 channels
-        vol = rng.random((2, 15, 13, 11), dtype=np.float32)
-        affine, iso, H, W, lao, cran, pixel = OBLIQUE, (0.5, 0.2, -0.3), 9, 10, 20.0, 10.0, 2.5
-    elif name == "aniso":  # anisotropic axis-aligned spacing, 3 channels
-        vol = rng.random((3, 9, 20, 7), dtype=np.float32)
-        affine, iso, H, W, lao, cran, pixel = ANISO, (0.0, 0.0, 0.0), 7, 12, -35.0, 25.0, 3.0
-    else:  # isocentre near the edge: part of the detector misses the volume
-        vol = rng.random((1, 10, 11, 12), dtype=np.float32)
-        affine, iso, H, W, lao, cran, pixel = OBLIQUE, (6.0, 4.0, 2.0), 8, 8, 5.0, -15.0, 4.0
-    g = G.CArmGeometry(sdd_mm=300, sid_mm=150, height=H, width=W, pixel_size_mm=pixel)
-    P = G.carm(lao, cran, isocenter=iso, geometry=g)
-    return jnp.asarray(vol), affine, jnp.asarray(P, jnp.float32), H, W
-
-
+# projector_cases.CASES without "channels" (it exercises the native kernel's channel groups).
 CASES = ["oblique", "aniso", "miss"]
 
 
-def _weights(shape, seed=3, dtype=jnp.float32):
-    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), dtype)
-
-
 def test_miss_case_has_missing_rays():
-    vol, affine, P, H, W = _case("miss")
-    grid = VolumeGrid.create(vol.shape[1:], affine)
-    n = np.asarray(detector_rays(P, grid, H, W, grid.default_step()).num_steps)
-    assert (n == 0).sum() >= 5 and (n > 0).sum() >= 5, n
+    assert_miss_case_has_missing_rays()
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_forward_and_volume_gradient_match_xla(name):
-    vol, affine, P, H, W = _case(name)
-    Wt = _weights((H, W, vol.shape[0]))
+    vol, affine, P, H, W = case(name)
+    Wt = weights((H, W, vol.shape[0]))
 
     def loss(v, backend):
         return jnp.sum(project(v, affine, P, H, W, backend=backend) * Wt)
@@ -92,11 +66,11 @@ def test_forward_and_volume_gradient_match_xla(name):
 @pytest.mark.parametrize("name", CASES)
 def test_ray_geometry_cotangents_match_xla(name):
     """The geometry kernel's g_entry, g_direction (and the derived g_step) vs march._march_bwd."""
-    vol, affine, P, H, W = _case(name)
+    vol, affine, P, H, W = case(name)
     grid = VolumeGrid.create(vol.shape[1:], affine)
     rays = detector_rays(P, grid, H, W, grid.default_step())
     flat = march.pad_channels_last(vol)
-    g = _weights((H * W, vol.shape[0]), seed=5)
+    g = weights((H * W, vol.shape[0]), seed=5)
 
     def via(fn):
         f = lambda e, d, h: fn(flat, grid.padded_shape, rays._replace(entry=e, direction=d, step=h))
@@ -132,7 +106,7 @@ def test_ray_geometry_cotangents_match_xla(name):
 
 @pytest.mark.parametrize("name", ["oblique", "miss"])
 def test_pose_gradient_matches_xla(name):
-    vol, affine, P, H, W = _case(name)
+    vol, affine, P, H, W = case(name)
     Wt = jnp.asarray(conditioned_cotangent(vol, affine, P, H, W))
 
     def grads(dtype):
@@ -152,7 +126,7 @@ def test_pose_gradient_matches_xla(name):
 
 
 def test_vmap_jit_grad_and_vmap_grad_match_xla():
-    vol, affine, P, H, W = _case("oblique")
+    vol, affine, P, H, W = case("oblique")
     Ps = jnp.stack(
         [
             P,
@@ -205,7 +179,7 @@ def test_interpret_scatter_form_counts_duplicates():
 
 
 def test_vmap_is_one_pallas_call_with_a_batch_grid_axis():
-    vol, affine, P, H, W = _case("oblique")
+    vol, affine, P, H, W = case("oblique")
     Ps = jnp.stack([P, P, P, P])
     jaxpr = jax.make_jaxpr(jax.vmap(lambda P: project(vol, affine, P, H, W, backend="pallas")))(Ps)
     text = str(jaxpr)
@@ -253,7 +227,7 @@ def _kernels(text):
 
 @pytest.fixture(scope="module")
 def cuda_problem():
-    vol, affine, P, H, W = _case("oblique")
+    vol, affine, P, H, W = case("oblique")
     proj = lambda v, P: project(v, affine, P, H, W, backend="pallas")
     loss = lambda v, P: jnp.sum(jnp.exp(-proj(v, P)))
     Ps = jnp.stack([P, P, P])
@@ -303,7 +277,8 @@ def test_dispatch():
     assert project.__module__ == "jaxdrr.ops.project"
     from jaxdrr.ops.project import resolve_backend
 
-    assert resolve_backend("auto") == ("pallas" if jax.default_backend() == "gpu" else "xla")
+    # On CPU "auto" is the native kernel when built, else XLA (tests/test_native_project.py).
+    assert resolve_backend("auto") in (("pallas",) if jax.default_backend() == "gpu" else ("native", "xla"))
     with pytest.raises(ValueError):
         pallas_project.march_pallas(
             jnp.zeros((27, 1)),

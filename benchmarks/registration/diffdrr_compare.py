@@ -129,8 +129,9 @@ def main(argv=None):
         init_mtre = mtre(init, gt)
         best, best_pose, since = -np.inf, None, 0
         t_start = time.perf_counter()
-        it = 0
+        iterations = 0
         for _ in range(args.iters):
+            iterations += 1
             opt.zero_grad()
             pred = model()
             loss = criterion(pred, target)
@@ -156,7 +157,7 @@ def main(argv=None):
             "init_mtre_mm": init_mtre,
             "mtre_mm": mtre(est, gt),
             "gncc": best,
-            "iterations": it + 1,
+            "iterations": iterations,
             "time_s": elapsed,
             "cpu_s": float("nan"),
             "load_avg_1min": os.getloadavg()[0],

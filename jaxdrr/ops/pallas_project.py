@@ -35,11 +35,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.custom_derivatives import SymbolicZero
 from jax.experimental import pallas as pl
 
 from jaxdrr._compat import pallas_triton
 from jaxdrr.ops import march as _march
+from jaxdrr.ops.kernel_vjp import ProjectorKernels, kernel_projector
 from jaxdrr.ops.rays import VolumeGrid, detector_rays
 
 plgpu = pallas_triton()  # the Triton backend: compiler parameters, masked loads, atomics
@@ -329,43 +329,22 @@ def _forward(cfg, flat, entry, direction, step, num_steps):
     return out[:, : entry.shape[0]].T
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _project(cfg, flat, entry, direction, step, num_steps):
-    return _forward(cfg, flat, entry, direction, step, num_steps)
+def _pad_cotangent(g, geom):
+    return jnp.pad(g.T, ((0, 0), (0, geom.shape[1] - g.shape[0])))
 
 
-def _project_fwd(cfg, flat, entry, direction, step, num_steps):
-    out = _forward(cfg, flat.value, entry.value, direction.value, step.value, num_steps.value)
-    wants = {}
-    if flat.perturbed:
-        wants["volume"] = ()
-    if entry.perturbed or direction.perturbed or step.perturbed:
-        wants["geometry"] = ()
-    return out, (flat.value, entry.value, direction.value, step.value, num_steps.value, out, wants)
-
-
-def _project_bwd(cfg, residuals, g):
-    flat, entry, direction, step, num_steps, out, wants = residuals
-    num_rays = entry.shape[0]
+def _volume_backward(cfg, flat, entry, direction, step, num_steps, g):
     geom, ns = _pack(cfg, entry, direction, step, num_steps)
-    if isinstance(g, SymbolicZero):  # the output is not used: nothing to propagate
-        return None, None, None, None, None
-    g = jnp.asarray(g, out.dtype)
-    g_pad = jnp.pad(g.T, ((0, 0), (0, geom.shape[1] - num_rays)))
-    g_flat = g_entry = g_direction = g_h = None
-    if "volume" in wants:
-        g_flat = _volume_call(cfg, flat.size, flat.dtype, geom, ns, g_pad).reshape(flat.shape)
-    if "geometry" in wants:
-        gg = _geometry_call(cfg, flat.reshape(-1), geom, ns, g_pad)[:, :num_rays]
-        g_entry, g_direction = gg[:3].T, gg[3:].T
-        # Same formula as march._march_bwd: dS/dh = S/h + (dS/dd . d)/h.
-        safe_step = jnp.where(num_steps > 0, step, 1.0)
-        g_h = (jnp.sum(g * out, axis=-1) + jnp.sum(g_direction * direction, axis=-1)) / safe_step
-        g_h = jnp.where(num_steps > 0, g_h, 0.0)
-    return g_flat, g_entry, g_direction, g_h, None
+    return _volume_call(cfg, flat.size, flat.dtype, geom, ns, _pad_cotangent(g, geom)).reshape(flat.shape)
 
 
-_project.defvjp(_project_fwd, _project_bwd, symbolic_zeros=True)
+def _geometry_backward(cfg, flat, entry, direction, step, num_steps, g):
+    geom, ns = _pack(cfg, entry, direction, step, num_steps)
+    gg = _geometry_call(cfg, flat.reshape(-1), geom, ns, _pad_cotangent(g, geom))[:, : entry.shape[0]]
+    return gg[:3].T, gg[3:].T
+
+
+_project = kernel_projector(ProjectorKernels(_forward, _volume_backward, _geometry_backward))
 
 
 def march_pallas(
