@@ -7,6 +7,7 @@ imported module lives in the new venv.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -43,6 +44,8 @@ DATA = [
     "jaxdrr/models/weights/scatter_default.msgpack",
     "jaxdrr/models/weights/scatter_default.json",
 ]
+# Not part of any distribution: version control, build outputs, virtual environments, run logs.
+SOURCE_COPY_SKIPS = [".git", "build", "dist", "*.egg-info", ".ci-*", ".venv", "runs", "__pycache__", "*.so"]
 
 
 def _run(args, **kwargs):
@@ -55,9 +58,13 @@ def _run(args, **kwargs):
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
+    # Build from a copy of the checkout: pytest-xdist may run this fixture in two workers at once,
+    # and setuptools writes jaxdrr.egg-info/ into the source tree it builds from.
+    source = tmp_path_factory.mktemp("source") / "jaxdrr"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*SOURCE_COPY_SKIPS))
     # No --sdist/--wheel flags: build makes the sdist, then the wheel from the unpacked sdist in a
-    # temporary directory, so a stale build/ folder in the checkout cannot leak files into it.
-    _run([sys.executable, "-m", "build", "--outdir", out, ROOT])
+    # temporary directory, so a stale build/ folder cannot leak files into it.
+    _run([sys.executable, "-m", "build", "--outdir", out, source])
     (wheel,) = out.glob("jaxdrr-*.whl")
     (sdist,) = out.glob("jaxdrr-*.tar.gz")
     return wheel, sdist
