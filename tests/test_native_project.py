@@ -28,6 +28,7 @@ from float_bounds import (
     forward_bound,
     ray_cotangent_bound,
 )
+from jax_checks import jaxpr_equations, pose_central_differences
 from projector_cases import CASES, assert_miss_case_has_missing_rays, case, weights
 
 from jaxdrr import geometry as G
@@ -146,12 +147,7 @@ def test_pose_gradient_matches_float64_finite_differences():
         Wt = weights((H, W, vol.shape[0]), seed=1, dtype=jnp.float64)
         f = lambda P: jnp.sum(project(vol, affine, P, H, W, step_mm=0.1, backend=NATIVE) * Wt)
         grad = np.asarray(jax.grad(f)(P))
-        fd = np.zeros((3, 4))
-        for i in range(3):
-            for j in range(4):
-                h = 1e-6 * max(1.0, abs(float(P[i, j])))
-                E = jnp.zeros((3, 4)).at[i, j].set(h)
-                fd[i, j] = (f(P + E) - f(P - E)) / (2 * h)
+        fd = pose_central_differences(f, P)
         np.testing.assert_allclose(grad, fd, rtol=1e-4, atol=1e-6 * np.abs(fd).max())
 
 
@@ -210,21 +206,11 @@ def test_vmap_over_volumes_and_nested_vmap_match_xla():
             np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-12, atol=1e-12)
 
 
-def _all_eqns(jaxpr):
-    for e in jaxpr.eqns:
-        yield e
-        for p in e.params.values():
-            for inner in p if isinstance(p, (tuple, list)) else (p,):
-                inner = getattr(inner, "jaxpr", inner)  # ClosedJaxpr -> Jaxpr
-                if hasattr(inner, "eqns"):
-                    yield from _all_eqns(inner)
-
-
 def _ffi_targets(fn, *args):
     """Targets of the ffi_calls (with their operand shapes) in the jaxpr of jit(fn) (forward and
     backward), and whether any loop appears."""
     jaxpr = jax.make_jaxpr(fn)(*args)
-    eqns = list(_all_eqns(jaxpr.jaxpr))
+    eqns = list(jaxpr_equations(jaxpr.jaxpr))
     calls = [
         (e.params["target_name"], [v.aval.shape for v in e.invars])
         for e in eqns
@@ -434,3 +420,23 @@ def test_auto_falls_back_to_xla_with_one_notice(env, tmp_path):
         assert warned == "1" and "could not be loaded" in why, line
     else:
         assert warned == "0" and "JAXDRR_NO_NATIVE" in why, line
+
+
+def test_projector_tests_pass_on_the_xla_path():
+    """test_project.py runs on whatever "auto" picks (the native kernel here); run it once more in a
+    fresh process with JAXDRR_NO_NATIVE=1 so every projector test also passes on the XLA path."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests / "test_project.py")],
+        capture_output=True,
+        text=True,
+        cwd=tests.parent,
+        env={**os.environ, "JAXDRR_NO_NATIVE": "1"},
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout, done.stdout[-2000:]

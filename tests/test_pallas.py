@@ -27,6 +27,7 @@ from float_bounds import (
     forward_bound,
     ray_cotangent_bound,
 )
+from jax_checks import jaxpr_equations
 from projector_cases import assert_miss_case_has_missing_rays, case, weights
 
 from jaxdrr import geometry as G
@@ -183,27 +184,16 @@ def test_vmap_is_one_pallas_call_with_a_batch_grid_axis():
     Ps = jnp.stack([P, P, P, P])
     jaxpr = jax.make_jaxpr(jax.vmap(lambda P: project(vol, affine, P, H, W, backend="pallas")))(Ps)
     text = str(jaxpr)
-    calls = [e for e in _all_eqns(jaxpr.jaxpr) if e.primitive.name == "pallas_call"]
+    eqns = list(jaxpr_equations(jaxpr.jaxpr, opaque=("pallas_call",)))
+    calls = [e for e in eqns if e.primitive.name == "pallas_call"]
     assert len(calls) == 1, text
-    assert not any(
-        e.primitive.name in ("while", "scan") for e in _all_eqns(jaxpr.jaxpr) if e is not calls[0]
-    ), "vmap must not become a loop over poses"
+    assert not any(e.primitive.name in ("while", "scan") for e in eqns if e is not calls[0]), (
+        "vmap must not become a loop over poses"
+    )
     gm = calls[0].params["grid_mapping"]
     assert gm.grid[0] == 4 and len(gm.grid) == 2
     vol_in = calls[0].invars[-1].aval  # the flat volume: not batched
     assert vol_in.shape == (int(np.prod([n + 2 for n in vol.shape[1:]])) * vol.shape[0],)
-
-
-def _all_eqns(jaxpr):
-    for e in jaxpr.eqns:
-        yield e
-        if e.primitive.name == "pallas_call":
-            continue  # do not descend into the kernel body
-        for p in e.params.values():
-            for inner in p if isinstance(p, (tuple, list)) else (p,):
-                inner = getattr(inner, "jaxpr", inner)  # ClosedJaxpr -> Jaxpr
-                if hasattr(inner, "eqns"):
-                    yield from _all_eqns(inner)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from float_bounds import assert_gradients_close, assert_projection_close, conditioned_cotangent
+from jax_checks import pose_central_differences
 
 from jaxdrr import geometry as G
 from jaxdrr.errors import GeometryError, VolumeError
@@ -148,12 +149,7 @@ def test_pose_gradient_matches_float64_finite_differences():
         W = jnp.asarray(np.random.default_rng(1).normal(size=(6, 7, 2)))
         f = lambda P: jnp.sum(project(vol, AFFINE, P, 6, 7, step_mm=0.1) * W)
         grad = np.asarray(jax.grad(f)(P))
-        fd = np.zeros((3, 4))
-        for i in range(3):
-            for j in range(4):
-                h = 1e-6 * max(1.0, abs(float(P[i, j])))
-                E = jnp.zeros((3, 4)).at[i, j].set(h)
-                fd[i, j] = (f(P + E) - f(P - E)) / (2 * h)
+        fd = pose_central_differences(f, P)
         np.testing.assert_allclose(grad, fd, rtol=1e-4, atol=1e-6 * np.abs(fd).max())
 
 
@@ -296,12 +292,7 @@ def test_planes_gradients_match_finite_differences_and_adjoint():
         W = jnp.asarray(np.random.default_rng(1).normal(size=(6, 7, 2)))
         f = lambda v, P: jnp.sum(project(v, AFFINE, P, 6, 7, step_mm="planes") * W)
         gP = np.asarray(jax.grad(f, argnums=1)(vol, P))
-        fd = np.zeros((3, 4))
-        for i in range(3):
-            for j in range(4):
-                h = 1e-6 * max(1.0, abs(float(P[i, j])))
-                E = jnp.zeros((3, 4)).at[i, j].set(h)
-                fd[i, j] = (f(vol, P + E) - f(vol, P - E)) / (2 * h)
+        fd = pose_central_differences(lambda P: f(vol, P), P)
         np.testing.assert_allclose(gP, fd, rtol=1e-4, atol=1e-6 * np.abs(fd).max())
         gv = jax.grad(f)(vol, P)
         d = jnp.asarray(np.random.default_rng(3).normal(size=vol.shape))
