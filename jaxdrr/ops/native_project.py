@@ -75,15 +75,14 @@ def _installed_library() -> Path | None:
     """
     import importlib.metadata as metadata
 
-    try:
-        files = metadata.distribution("jaxdrr").files or ()
-    except metadata.PackageNotFoundError:
-        return None
-    for f in files:
-        if f.parent.as_posix() == "jaxdrr/ops" and any(f.match(p) for p in _PATTERNS):
-            path = Path(f.locate())
-            if path.is_file():
-                return path
+    # Every distribution named jaxdrr on sys.path, not only the first: in a checkout where pip has
+    # built, the checkout's own jaxdrr.egg-info (which lists no library) comes before site-packages.
+    for dist in metadata.distributions(name="jaxdrr"):
+        for f in dist.files or ():
+            if f.parent.as_posix() == "jaxdrr/ops" and any(f.match(p) for p in _PATTERNS):
+                path = Path(f.locate())
+                if path.is_file():
+                    return path
     return None
 
 
