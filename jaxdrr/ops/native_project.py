@@ -75,6 +75,11 @@ def _installed_library() -> Path | None:
     """
     import importlib.metadata as metadata
 
+    # Only for a source checkout: an installed jaxdrr without its library was installed without
+    # one, and must not borrow another environment's (a venv that sees system site-packages).
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / "pyproject.toml").is_file():
+        return None
     # Every distribution named jaxdrr on sys.path, not only the first: in a checkout where pip has
     # built, the checkout's own jaxdrr.egg-info (which lists no library) comes before site-packages.
     for dist in metadata.distributions(name="jaxdrr"):
