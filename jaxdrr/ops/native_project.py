@@ -3,7 +3,7 @@
 Same contract and same math as the pure-JAX marcher (:mod:`jaxdrr.ops.march`): the rays come from
 the one shared ray set-up (:func:`jaxdrr.ops.rays.detector_rays`, computed in XLA and differentiated
 there); the kernels evaluate the trilinear (or, with ``step_mm="planes"``, the on-plane bilinear)
-field of the zero-padded channels-last volume exactly as :mod:`jaxdrr.ops.trilinear` does. Three
+field of the zero-padded channels-last volume exactly as :mod:`jaxdrr.ops.trilinear` does. Four
 XLA FFI handlers, registered for the CPU platform:
 
 * ``jaxdrr_project_fwd``: the line integrals [R, C];
@@ -49,7 +49,7 @@ import numpy as np
 
 from jaxdrr.ops import march as _march
 from jaxdrr.ops.kernel_vjp import ProjectorKernels, kernel_projector
-from jaxdrr.ops.rays import VolumeGrid, detector_rays
+from jaxdrr.ops.rays import PLANES, VolumeGrid, detector_rays
 
 ABI_VERSION = 2  # jaxdrr_native_abi_version() of a library this module can drive
 TARGET_FORWARD = "jaxdrr_project_fwd"
@@ -306,4 +306,4 @@ def project_native(volume, grid: VolumeGrid, P, height: int, width: int, step) -
     """
     rays = detector_rays(P, grid, height, width, step)
     flat = pad_channels_last(volume)
-    return march_native(flat, grid.padded_shape, rays, planes=isinstance(step, str), width=width)
+    return march_native(flat, grid.padded_shape, rays, planes=(step == PLANES), width=width)
