@@ -198,14 +198,18 @@ def test_label_route_mapping_and_threshold_fallback(ct, label_map):
 
 def test_label_route_jit_and_grad(ct, label_map):
     f = jax.jit(lambda v, lab: segment(v, "labels", labels=lab, mapping=MAPPING)["bone"])
-    np.testing.assert_array_equal(
-        f(ct, jnp.asarray(label_map)), segment(ct, labels=label_map, mapping=MAPPING)["bone"]
-    )
+    # jit fuses differently from eager (XLA versions and CPUs differ), so both are compared with the
+    # float64 answer: one-hot where a label is mapped, the float64 threshold fraction elsewhere, within
+    # the analysed bound of the float32 logistic (FRACTION_TOL).
+    mapped = np.isin(label_map, [25, 16, 99])
+    expected = np.where(mapped, (label_map == 25).astype(np.float64), reference_fractions(ct.data)[2])
+    for got in (f(ct, jnp.asarray(label_map)), segment(ct, labels=label_map, mapping=MAPPING)["bone"]):
+        np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=0, atol=FRACTION_TOL)
+        np.testing.assert_array_equal(np.asarray(got)[mapped], expected[mapped])  # one-hot is exact
     g = jax.grad(lambda d: jnp.sum(segment(ct.replace(data=d), labels=label_map, mapping=MAPPING)["bone"]))(
         ct.data
     )
     g = np.asarray(g)
-    mapped = np.isin(label_map, [25, 16, 99])
     assert np.all(g[mapped] == 0.0)  # labelled voxels do not depend on HU
     assert np.abs(g[~mapped]).max() > 0.01  # the threshold fallback does
 
@@ -353,7 +357,10 @@ def test_vnet_route_maps_classes_by_name(ct, fake_vnet):
     # jit, vmap and grad (w.r.t. HU and the weights) through the network route.
     f = jax.jit(lambda w, d: segment(ct.replace(data=d), "vnet", params=w)["bone"])
     w = {"gain": jnp.asarray(1.0)}
-    np.testing.assert_array_equal(f(w, ct.data), out["bone"])
+    # jit vs eager: both within the float32 logistic's bound of the float64 fraction (not bit-equal).
+    np.testing.assert_allclose(
+        np.asarray(f(w, ct.data), np.float64), reference_fractions(ct.data)[2], rtol=0, atol=FRACTION_TOL
+    )
     chex.assert_shape(jax.vmap(f, in_axes=(None, 0))(w, jnp.stack([ct.data, ct.data])), (2, *SHAPE))
     gw, gd = jax.grad(lambda w, d: jnp.sum(f(w, d)), argnums=(0, 1))(w, ct.data)
     assert np.isfinite(float(gw["gain"])) and float(gw["gain"]) != 0.0
