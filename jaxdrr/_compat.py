@@ -17,6 +17,10 @@ supported JAX no longer does.
   GPU and finds none unless an abstract GPU device is set with ``jax.sharding.use_abstract_mesh``.
 * :func:`pallas_triton`: the Triton backend's module (``CompilerParams``, ``atomic_add``); jax 0.12
   deprecates the backend (a ``DeprecationWarning`` at lowering) but it still works.
+* :func:`use_compilation_cache_storage`: the storage behind JAX's persistent compilation cache.
+  There is no public hook; 0.10.2 to 0.12.x build it in the private
+  ``jax._src.compilation_cache.get_file_cache(path)``, whose own storage writes entries
+  non-atomically (see :mod:`jaxdrr._compile_cache`).
 """
 
 from __future__ import annotations
@@ -77,3 +81,38 @@ def gpu_lowering_context(device_kind: str = DEFAULT_GPU_KIND):
         (1,), ("gpu",), (jax.sharding.AxisType.Explicit,), abstract_device=device
     )
     return jax.sharding.use_abstract_mesh(mesh)
+
+
+def use_compilation_cache_storage(storage) -> bool:
+    """Makes JAX's persistent compilation cache keep its entries in ``storage(directory)``.
+
+    jax 0.10.2 to 0.12.x create the storage once, at the first compilation after
+    ``jax_compilation_cache_dir`` is set, with ``jax._src.compilation_cache.get_file_cache(path)``
+    (private: no public API chooses the storage). That function is replaced here. With JAX's
+    debugging option ``jax_compilation_cache_check_contents``, JAX's own storage is kept (it wraps it
+    in its verifier).
+
+    Args:
+      storage: ``storage(directory: str)`` -> an object with ``get(key) -> bytes | None`` and
+        ``put(key, value: bytes)``, JAX's cache interface.
+
+    Returns:
+      False where this jax has no such function (its own storage is then used), else True.
+    """
+    try:
+        from jax._src import compilation_cache
+    except ImportError:  # pragma: no cover - a jax without the private module
+        return False
+    current = getattr(compilation_cache, "get_file_cache", None)
+    if not callable(current):  # pragma: no cover - a jax that renamed it
+        return False
+    jax_own = getattr(current, "jax_own", current)  # calling this twice keeps JAX's original
+
+    def get_file_cache(path):
+        if jax.config.jax_compilation_cache_check_contents:
+            return jax_own(path)
+        return storage(path), path
+
+    get_file_cache.jax_own = jax_own
+    compilation_cache.get_file_cache = get_file_cache
+    return True

@@ -13,10 +13,12 @@ may change between calls or be differentiated lives in its arguments:
 * ``P``: the 3x4 projection matrix (traced; ``vmap`` over it for many poses).
 * ``key``: a PRNG key, used by the noise model (and by the Monte Carlo for ``scatter="mc"``).
 
-Pipeline (each step its own module): materials (HU -> density channels) -> ops.project (line
-integrals per material) -> spectral (Beer-Lambert moments over the spectrum) -> scatter
-(:mod:`jaxdrr.scatter.estimate`: the scatter ConvNet or the Monte Carlo, added to the primary
-signal) -> noise (quantum noise on the total signal, crosstalk, readout) -> output conversion.
+Pipeline (each step its own module, read top to bottom in :func:`make_renderer`): materials
+(:func:`jaxdrr.materials.material_densities`: HU -> density channels) -> ops.project (line
+integrals per material) -> spectral (:func:`primary_moments`: the Beer-Lambert moments over the
+spectrum, computed once per image) -> scatter (:mod:`jaxdrr.scatter.estimate`: the scatter ConvNet,
+fed those moments, or the Monte Carlo; added to the primary signal) -> noise (quantum noise on the
+total signal, crosstalk, readout) -> output conversion (:func:`image_from_moments`).
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ import numpy as np
 
 from jaxdrr import noise as noise_lib
 from jaxdrr import spectral
-from jaxdrr.errors import JaxdrrError, VolumeError
-from jaxdrr.geometry.projection import check_detector
-from jaxdrr.materials import MaterialConfig, as_material_config
-from jaxdrr.materials.densities import densities_from_fractions
-from jaxdrr.materials.segmentation import material_fractions
+from jaxdrr.errors import JaxdrrError
+from jaxdrr.geometry.projection import check_detector, check_projection_matrix, is_concrete
+from jaxdrr.materials import MaterialConfig, as_material_config, material_densities
+from jaxdrr.materials.vnet_route import pretrained as pretrained_vnet
 from jaxdrr.ops.project import BACKENDS, project
 from jaxdrr.physics import spectra as spectra_lib
+from jaxdrr.physics.params import physics_params
+from jaxdrr.physics.spectra import default_spectrum
 from jaxdrr.scatter import estimate as scatter_lib
 from jaxdrr.volume import Volume
 
@@ -125,20 +128,17 @@ class RenderConfig:
         return dataclasses.replace(self, **changes)
 
 
-def default_spectrum(kvp: int = 120) -> spectra_lib.Spectrum:
-    """The default emitted spectrum: IPEM-78 tungsten (the DeepDRR paper used 120 kVp, 4.3 mm Al),
-    rebinned to 1 keV bins centred on integer keV."""
-    return spectra_lib.rebin(spectra_lib.ipem78(kvp))
-
-
 def default_params(
     config: RenderConfig | None = None, spectrum: spectra_lib.Spectrum | None = None
 ) -> dict[str, jax.Array]:
     """Physics tables as a pytree: ``{"energies", "spectrum", "mu_rho"}`` (+ network weights).
 
+    The tables are :func:`jaxdrr.physics.params.physics_params` of the configuration's materials and
+    the spectrum (zero bins dropped); the network weights the configuration needs are added on top.
+
     Args:
       config: supplies the material channels (default :class:`RenderConfig` ()).
-      spectrum: emitted spectrum; default :func:`default_spectrum` (). Use
+      spectrum: emitted spectrum; default :func:`jaxdrr.default_spectrum` (). Use
         :func:`jaxdrr.physics.spekpy_spectrum` or :func:`jaxdrr.physics.from_arrays` for others.
 
     Returns:
@@ -150,65 +150,14 @@ def default_params(
     """
     config = config or RenderConfig()
     spectrum = spectrum or default_spectrum()
-    energies = np.asarray(spectrum.energies_keV, np.float64)
-    weights = np.asarray(spectrum.photon_fractions, np.float64)
-    keep = weights > 0
-    energies, weights = energies[keep], weights[keep] / weights[keep].sum()
-    mu_rho = config.materials.mass_attenuation(energies)
-    dtype = jnp.result_type(float)
-    params = {
-        "energies": jnp.asarray(energies, dtype),
-        "spectrum": jnp.asarray(weights, dtype),
-        "mu_rho": jnp.asarray(mu_rho, dtype),
-    }
+    params = physics_params(config.materials.table_names, spectrum.energies_keV, spectrum.photon_fractions)
     if config.materials.method == "vnet":
-        from jaxdrr.materials.network import pretrained
-
-        params["vnet"] = pretrained()[1]
+        params["vnet"] = pretrained_vnet()[1]
     if config.scatter is not None and config.scatter.method == "net":
         from jaxdrr.models import scatter_net
 
         params["scatter_net"] = scatter_net.load_pretrained()[1]
     return params
-
-
-def material_densities(volume: Volume, materials: MaterialConfig | str, params=None) -> jax.Array:
-    """[M, I, J, K] densities (g/cm^3) of a volume: decomposed from HU, or as given.
-
-    Args:
-      volume: HU (decomposed here with ``materials``) or densities (``kind="density"``, used as is).
-      materials: the material model (a :class:`MaterialConfig` or a preset name).
-      params: render params; for ``method="vnet"`` the network weights are ``params["vnet"]``
-        (None: the shipped weights). The network then runs here, on every call: decompose once
-        with :func:`jaxdrr.decompose` when one CT is rendered many times.
-
-    Raises:
-      JaxdrrError: ``method="labels"`` with an HU volume (call :func:`jaxdrr.decompose` with the
-        label map first).
-    """
-    if not isinstance(volume, Volume):
-        raise VolumeError(
-            f"expected a jaxdrr.Volume, got {type(volume).__name__}; build one with "
-            "jaxdrr.load_volume, jaxdrr.phantom or Volume.create(data, affine)"
-        )
-    materials = as_material_config(materials)
-    if volume.kind == "hu":
-        if materials.method == "labels":
-            raise JaxdrrError(
-                "materials method 'labels' needs the label map: decompose first with "
-                "jaxdrr.decompose(params, volume, config, labels=..., mapping=...) and render the "
-                "density volume it returns"
-            )
-        if materials.method == "thresholds":
-            return materials.density_channels(volume.data)
-        fractions = material_fractions(volume, materials, params=params)
-        return densities_from_fractions(volume.data, fractions, materials)
-    if volume.data.shape[0] != len(materials.names):
-        raise VolumeError(
-            f"density volume has {volume.data.shape[0]} channels but the material "
-            f"model has {len(materials.names)} ({', '.join(materials.names)})"
-        )
-    return volume.data
 
 
 def _project(config: RenderConfig, densities, volume: Volume, P) -> jax.Array:
@@ -229,17 +178,39 @@ def line_integrals(config: RenderConfig, volume: Volume, P, params=None) -> jax.
     return _project(config, material_densities(volume, config.materials, params), volume, P)
 
 
-def scatter_images(config: RenderConfig, params, L, P, volume: Volume, densities=None, key=None):
+def primary_moments(params, L) -> spectral.DetectorMoments:
+    """The spectral step: Beer-Lambert moments (m0, m1, m2) [H, W] of the primary beam.
+
+    Args:
+      params: ``{"energies", "spectrum", "mu_rho"}`` (:func:`default_params`).
+      L: per-material line integrals [H, W, M] (g/cm^2).
+
+    Returns:
+      :func:`jaxdrr.spectral.detector_moments` of ``L`` for the params' spectrum (not normalised by
+      the spectrum's sum): the input of the scatter network and of :func:`image_from_moments`.
+    """
+    energies, weights, mu_rho = params["energies"], params["spectrum"], params["mu_rho"]
+    if mu_rho.shape[0] != L.shape[-1]:
+        raise JaxdrrError(f"params['mu_rho'] has {mu_rho.shape[0]} materials, line integrals {L.shape[-1]}")
+    return spectral.detector_moments(L, mu_rho, energies, weights)
+
+
+def scatter_images(
+    config: RenderConfig, params, L, P, volume: Volume, densities=None, key=None, moments=None
+):
     """Scatter (s_ei, s_pc) [H, W] in transmission units for ``config.scatter`` (None: zeros).
 
-    ``densities`` (the material channels) and ``key`` are needed by the Monte Carlo only.
+    ``densities`` (the material channels) and ``key`` are needed by the Monte Carlo only;
+    ``moments`` (:func:`primary_moments` of ``L``, if already computed) by the network only.
     """
     sc = config.scatter
     if sc is None:
         zero = jnp.zeros(L.shape[:-1], L.dtype)
         return zero, zero
     if sc.method == "net":
-        return scatter_lib.net_scatter(params, L, P, volume.center, sc, config.height, config.width)
+        return scatter_lib.net_scatter(
+            params, L, P, volume.center, sc, config.height, config.width, moments=moments
+        )
     if key is None:
         raise JaxdrrError("scatter='mc' needs a PRNG key (the Monte Carlo is random)")
     if densities is None:
@@ -249,10 +220,10 @@ def scatter_images(config: RenderConfig, params, L, P, volume: Volume, densities
     )
 
 
-def image_from_line_integrals(
-    config: RenderConfig, params, L, key, scatter=None, photons_per_pixel=None
+def image_from_moments(
+    config: RenderConfig, params, moments: spectral.DetectorMoments, key, scatter=None, photons_per_pixel=None
 ) -> jax.Array:
-    """Spectral image formation, scatter, noise and output conversion from line integrals [H, W, M].
+    """Scatter, noise and output conversion from the primary's spectral moments (:func:`primary_moments`).
 
     Args:
       scatter: optional (s_ei, s_pc) [H, W] in transmission units (:func:`scatter_images`), added to
@@ -262,13 +233,10 @@ def image_from_line_integrals(
       photons_per_pixel: optional N0 overriding ``config.photons_per_pixel``; may be traced (e.g.
         drawn per image inside ``vmap``, as :mod:`jaxdrr.datasets` does).
     """
-    energies, weights, mu_rho = params["energies"], params["spectrum"], params["mu_rho"]
-    if mu_rho.shape[0] != L.shape[-1]:
-        raise JaxdrrError(f"params['mu_rho'] has {mu_rho.shape[0]} materials, line integrals {L.shape[-1]}")
-    m = spectral.detector_moments(L, mu_rho, energies, weights)
+    energies, weights = params["energies"], params["spectrum"]
     e_mean0 = jnp.sum(weights * energies) / jnp.sum(weights)
     n0 = config.photons_per_pixel if photons_per_pixel is None else photons_per_pixel
-    m0, m1, m2 = (mk / jnp.sum(weights) for mk in (m.m0, m.m1, m.m2))
+    m0, m1, m2 = (mk / jnp.sum(weights) for mk in (moments.m0, moments.m1, moments.m2))
     if scatter is not None:
         s_ei, s_pc = scatter
         energy = s_ei * e_mean0
@@ -297,6 +265,17 @@ def image_from_line_integrals(
     return -jnp.log(jnp.maximum(transmission, floor))
 
 
+def image_from_line_integrals(
+    config: RenderConfig, params, L, key, scatter=None, photons_per_pixel=None
+) -> jax.Array:
+    """Spectral image formation, scatter, noise and output conversion from line integrals [H, W, M].
+
+    :func:`image_from_moments` of :func:`primary_moments` (see there for ``scatter`` and
+    ``photons_per_pixel``).
+    """
+    return image_from_moments(config, params, primary_moments(params, L), key, scatter, photons_per_pixel)
+
+
 def make_renderer(config: RenderConfig | None = None) -> Renderer:
     """Builds ``render(params, volume, P, key) -> [height, width] image`` for a configuration.
 
@@ -310,12 +289,13 @@ def make_renderer(config: RenderConfig | None = None) -> Renderer:
     def render(params, volume: Volume, P, key=None) -> jax.Array:
         densities = material_densities(volume, config.materials, params)
         L = _project(config, densities, volume, P)
+        moments = primary_moments(params, L)  # once: the image and the scatter network share them
         scatter = None
         if config.scatter is not None:
             # The Monte Carlo draws from its own stream, so the noise realisation does not change.
             mc_key = None if key is None else jax.random.fold_in(key, 0x5CA7)
-            scatter = scatter_images(config, params, L, P, volume, densities, mc_key)
-        return image_from_line_integrals(config, params, L, key, scatter)
+            scatter = scatter_images(config, params, L, P, volume, densities, mc_key, moments)
+        return image_from_moments(config, params, moments, key, scatter)
 
     render.config = config
     return render
@@ -324,8 +304,14 @@ def make_renderer(config: RenderConfig | None = None) -> Renderer:
 def render(
     volume: Volume, P, *, config: RenderConfig | None = None, params=None, key=None, jit: bool = True
 ) -> jax.Array:
-    """Convenience one-shot render with default params (see :func:`make_renderer` for the pure form)."""
+    """Convenience one-shot render with default params (see :func:`make_renderer` for the pure form).
+
+    A concrete ``P`` [3, 4] is checked first (a GeometryError for Inf/NaN or a degenerate matrix);
+    under ``jit`` it has no value, and the pure renderer cannot check it.
+    """
     config = config or RenderConfig()
+    if is_concrete(P) and np.shape(P) == (3, 4):
+        check_projection_matrix(P)
     params = params if params is not None else default_params(config)
     fn = make_renderer(config)
     if jit:

@@ -494,7 +494,7 @@ def test_disk_full_stops_cleanly_and_resumes(tmp_path, monkeypatch):
         D.generate(spec, out, progress=False)
     monkeypatch.setattr(store.os, "replace", real)
     assert sorted(p.name for p in (out / "shards").glob("*.json")) == ["shard-000000.json"]
-    assert not list((out / "shards").glob(".*.tmp"))  # the temporary file was removed
+    assert not list((out / "shards").glob(".*.tmp*"))  # the temporary file was removed
     report = D.generate(spec, out, progress=False)
     assert report.complete and report.shards_written == 2
     assert len(D.open(out)) == 6
@@ -625,7 +625,7 @@ def test_sigkill_then_resume_is_bit_identical(cli_reference, tmp_path):
     resumed = all_samples(out)
     assert [s["index"] for s in resumed] == list(range(24))  # every sample exactly once
     assert_identical(resumed, reference)
-    assert not list((out / "shards").glob(".*.tmp"))
+    assert not list((out / "shards").glob(".*.tmp*"))
 
 
 def _free_port() -> int:

@@ -1,4 +1,4 @@
-"""The anatomical demo CT (jaxdrr.phantoms.demo) and the CLI's built-in phantom that uses it."""
+"""The anatomical demo CT (jaxdrr.phantoms.anatomy) and the CLI's built-in phantom that uses it."""
 
 import numpy as np
 import pytest

@@ -521,7 +521,7 @@ def test_mc_cli_writes_npz(tmp_path):
     import argparse
     import json
 
-    from jaxdrr.scatter import cli as mc_cli
+    from jaxdrr.cli import mc as mc_cli
 
     parser = argparse.ArgumentParser()
     mc_cli.add_parser(parser.add_subparsers(dest="command"))

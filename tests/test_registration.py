@@ -15,6 +15,7 @@ import pytest
 import jaxdrr
 from jaxdrr import registration as reg
 from jaxdrr.errors import GeometryError, JaxdrrError
+from jaxdrr.geometry.carm import AP_CAMERA_AXES
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -120,7 +121,7 @@ def test_carm_parameters_round_trip(lao, cran):
     np.testing.assert_allclose(c["isocenter"], iso, atol=1e-2)
     # With a roll: Rz(lao) Rx(cran) Ry(roll) is recovered.
     M = reg.pose.carm_rotation_with_roll(lao, cran, 7.0)
-    A = np.asarray(reg.pose._AP_CAMERA_AXES)
+    A = np.asarray(AP_CAMERA_AXES)
     R2 = (np.asarray(M) @ A).T
     c2 = reg.carm_parameters(R2, -R2 @ np.zeros(3))
     assert (c2["lao"], c2["cran"], c2["roll"]) == pytest.approx((lao, cran, 7.0), abs=1e-3)
@@ -325,7 +326,7 @@ def test_register_bad_inputs(volume, true_camera, target):
 
 
 def test_cli_register(tmp_path, volume, true_camera, target):
-    from jaxdrr.registration import cli
+    from jaxdrr.cli import register as cli
 
     P = np.asarray(true_camera.P, np.float64)
     K, R, t = jaxdrr.geometry.decompose_projection(P)

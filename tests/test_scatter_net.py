@@ -299,7 +299,7 @@ def test_monte_carlo_route_equals_a_direct_monte_carlo_call(volume):
 
 
 def test_scatter_errors_noise_correction_is_unbiased():
-    from jaxdrr.models.train_scatter import scatter_errors
+    from jaxdrr.training.train_scatter import scatter_errors
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:16, 0:16] / 16.0
@@ -344,7 +344,7 @@ def test_shipped_network_is_small_and_has_its_training_record():
 
 
 def test_shipped_weights_reproduce_the_logged_heldout_error():
-    from jaxdrr.models.train_scatter import evaluate
+    from jaxdrr.training.train_scatter import evaluate
 
     config, weights = sn.load_pretrained()
     record = sn.pretrained_record()["heldout"]
@@ -359,7 +359,7 @@ def test_shipped_network_places_scatter_better_than_a_flat_image():
     # A flat image at each held-out image's true mean scatter (an oracle for the level) is the
     # simplest estimate of the shape; the network must place the scatter better than that inside
     # the object shadow (MAPE on 4x4-binned images).
-    from jaxdrr.models.train_scatter import scatter_errors
+    from jaxdrr.training.train_scatter import scatter_errors
 
     config, weights = sn.load_pretrained()
     data = dict(np.load(HELDOUT))
@@ -384,7 +384,7 @@ def test_cli_renders_with_scatter(tmp_path):
 
 
 def test_data_generation_is_deterministic_and_resumes(tmp_path):
-    from jaxdrr.models import scatter_data
+    from jaxdrr.training import scatter_data
 
     assert scatter_data.sample_spec(0, "train", 3) == scatter_data.sample_spec(0, "train", 3)
     assert scatter_data.sample_spec(0, "train", 3) != scatter_data.sample_spec(0, "test", 3)
@@ -396,4 +396,4 @@ def test_data_generation_is_deterministic_and_resumes(tmp_path):
     data = scatter_data.load(tmp_path, "train")
     assert data["low"].shape == (1, 32, 32, 3) and data["s"].shape == (1, 32, 32, 2)
     assert np.all(np.isfinite(data["s"])) and data["s"].min() >= 0
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob("*.tmp*"))

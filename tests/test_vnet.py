@@ -156,7 +156,7 @@ def test_shipped_weights_load():
 
 
 def test_shipped_weights_reproduce_the_logged_validation_score():
-    from jaxdrr.models import train_vnet
+    from jaxdrr.training import train_vnet
 
     config, weights = vnet.load_pretrained()
     record = vnet.pretrained_record()["validation"]

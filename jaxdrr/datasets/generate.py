@@ -183,7 +183,7 @@ def _load_ct_on_device(spec: DatasetSpec, entry, config):
     import jax.numpy as jnp
 
     from jaxdrr.datasets.sources import load_ct, one_hot
-    from jaxdrr.materials.densities import decompose
+    from jaxdrr.materials.decomposition import decompose
     from jaxdrr.volume import Volume
 
     assets = load_ct(spec, entry)
@@ -253,8 +253,8 @@ def generate(
 
     Raises:
       SpecError / JaxdrrError: invalid spec, or ``out`` made from another spec.
-      DatasetWriteError: a shard could not be written (disk full, permissions); finished shards
-        are kept and a rerun resumes.
+      DatasetWriteError: the output folder or a shard could not be written (disk full,
+        permissions); finished shards are kept and a rerun resumes.
     """
     from tqdm import tqdm  # plain text bar: works in terminals, logs and notebooks alike
 
@@ -268,8 +268,13 @@ def generate(
     if not 0 <= pi < pc:
         raise JaxdrrError(f"process_index {pi} is not in [0, {pc})")
     shards = plan_shards(spec)
-    _prepare_output(spec, out, len(shards), pi)
-    handler = _file_logger(out, pi)
+    try:
+        _prepare_output(spec, out, len(shards), pi)
+        handler = _file_logger(out, pi)
+    except OSError as e:  # permissions, a file where the folder should be, a read-only disk
+        raise store.DatasetWriteError(
+            e.errno, f"cannot write the dataset to {out}: {e.strerror or e} ({e.filename or out})"
+        ) from e
     t_start = time.perf_counter()
     report = Report(pi, pc, len(shards))
     try:

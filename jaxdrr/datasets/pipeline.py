@@ -2,14 +2,16 @@
 
 :func:`make_sample_fn` returns ``sample(tables, ct, index) -> dict`` for one sample index; it draws
 the pose and physics (:mod:`jaxdrr.datasets.sampling`), projects the CT's material densities
-(decomposed once per CT, outside), adds the scatter ConvNet's scatter when drawn, forms the
-spectral image with noise (:func:`jaxdrr.image_from_line_integrals` with the drawn photons per
-pixel), and projects the landmarks and label map. :func:`make_batch_fn` vmaps and jits it over
+(decomposed once per CT, outside), computes the primary's spectral moments once
+(:func:`jaxdrr.render.primary_moments`, shared by the scatter ConvNet and the image), adds the
+network's scatter when drawn, forms the image with noise (:func:`jaxdrr.render.image_from_moments`
+with the drawn photons per pixel), and projects the landmarks and label map. :func:`make_batch_fn` vmaps and jits it over
 indices (sharded over the local devices when there are several).
 
 ``tables`` holds the physics tables shared by all samples: the common energy grid, one emitted
-spectrum per kVp of the spec ([S, E]), the materials' mass attenuation and the scatter network's
-weights. ``ct`` holds the per-CT arrays: the density volume, the label indicator volume and the
+spectrum per kVp of the spec ([S, E], under ``"spectra"``), the materials' mass attenuation (built by
+:func:`jaxdrr.physics.params.physics_params`, as :func:`jaxdrr.default_params` builds a render's) and
+the scatter network's weights. ``ct`` holds the per-CT arrays: the density volume, the label indicator volume and the
 landmarks.
 """
 
@@ -24,7 +26,9 @@ from jaxdrr.datasets.spec import DatasetSpec
 from jaxdrr.geometry.projection import project_points, source_position
 from jaxdrr.noise import NoiseConfig
 from jaxdrr.ops.project import project
-from jaxdrr.render import MM_PER_CM, RenderConfig, image_from_line_integrals, scatter_images
+from jaxdrr.physics import spectra as spectra_lib
+from jaxdrr.physics.params import physics_params
+from jaxdrr.render import MM_PER_CM, RenderConfig, image_from_moments, primary_moments, scatter_images
 from jaxdrr.scatter.estimate import ScatterConfig
 
 
@@ -48,9 +52,10 @@ def render_config(spec: DatasetSpec) -> RenderConfig:
 
 
 def spectra_table(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(energies [E] keV, spectra [S, E] photon fractions) for the spec's kVp list, on one 1-keV grid."""
-    from jaxdrr.physics import spectra as spectra_lib
+    """(energies [E] keV, spectra [S, E] photon numbers) for the spec's kVp list, on one 1-keV grid.
 
+    Each row is the rebinned spectrum as emitted; :func:`physics_tables` normalises the rows.
+    """
     phys = spec.physics
     top = max(phys.kvp)
     energies = np.arange(1.0, top + 1.0)
@@ -61,23 +66,19 @@ def spectra_table(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
         else:
             s = spectra_lib.spekpy_spectrum(kvp, filtration_mm_al=phys.filtration_mm_al)
         s = spectra_lib.rebin(s, energies)
-        w = np.asarray(s.photon_fractions, np.float64)
-        rows.append(w / w.sum())
+        rows.append(np.asarray(s.photon_fractions, np.float64))
     return energies, np.stack(rows)
 
 
 def physics_tables(spec: DatasetSpec) -> dict:
-    """The shared tables (see the module doc) as a pytree of device arrays."""
+    """The shared tables (see the module doc) as a pytree of device arrays.
+
+    Energies at which every spectrum is zero are dropped, and each spectrum sums to 1.
+    """
     config = render_config(spec)
     energies, spectra = spectra_table(spec)
-    keep = spectra.max(axis=0) > 0
-    energies, spectra = energies[keep], spectra[:, keep]
-    dtype = jnp.result_type(float)
-    tables = {
-        "energies": jnp.asarray(energies, dtype),
-        "spectra": jnp.asarray(spectra, dtype),
-        "mu_rho": jnp.asarray(config.materials.mass_attenuation(energies), dtype),
-    }
+    params = physics_params(config.materials.table_names, energies, spectra)
+    tables = {"energies": params["energies"], "spectra": params["spectrum"], "mu_rho": params["mu_rho"]}
     if config.scatter is not None:
         from jaxdrr.models import scatter_net
 
@@ -112,15 +113,16 @@ def make_sample_fn(spec: DatasetSpec, landmark_count: int, label_count: int):
         vol = ct["volume"]
         L_all = project(vol.data, vol.affine, P, H, W, step_mm=config.step_mm, backend=config.backend)
         L = L_all[..., :n_materials] / MM_PER_CM * d["density_scale"]  # g/cm^2
+        moments = primary_moments(params, L)  # once: for the image and the scatter network
         scatter = None
         if config.scatter is not None:
             params["scatter_net"] = tables["scatter_net"]
-            s_ei, s_pc = scatter_images(config, params, L, P, vol)
+            s_ei, s_pc = scatter_images(config, params, L, P, vol, moments=moments)
             on = d["scatter"].astype(s_ei.dtype)
             scatter = (s_ei * on, s_pc * on)
         key = d["noise_key"] if config.noise is not None else None
-        image = image_from_line_integrals(
-            config, params, L, key, scatter, photons_per_pixel=d["photons_per_pixel"]
+        image = image_from_moments(
+            config, params, moments, key, scatter, photons_per_pixel=d["photons_per_pixel"]
         )
         out = {
             "index": jnp.asarray(index, jnp.int64 if jax.config.jax_enable_x64 else jnp.int32),

@@ -39,12 +39,12 @@ import hashlib
 import json
 import os
 import socket
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from jaxdrr import atomic
 from jaxdrr.errors import JaxdrrError
 
 SHARD_DIR = "shards"
@@ -86,19 +86,8 @@ def shard_name(shard_id: int) -> str:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    """Writes JSON to a unique temporary name beside ``path`` and renames it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    """Writes a manifest JSON atomically (:func:`jaxdrr.atomic.write_json`), in the manifest's format."""
+    atomic.write_json(path, data, indent=1, sort_keys=True)
 
 
 def _sha256(path: Path) -> str:
@@ -117,7 +106,7 @@ def remove_stale_temporaries(root: Path, shard_ids) -> int:
     """Deletes temporary files of the given shards left by a killed writer; returns how many."""
     ids = set(shard_ids)
     removed = 0
-    for p in (Path(root) / SHARD_DIR).glob(".shard-*.tmp"):
+    for p in (Path(root) / SHARD_DIR).glob(".shard-*.tmp*"):
         try:
             sid = int(p.name.split(".")[1].removeprefix("shard-"))
         except (IndexError, ValueError):
@@ -141,29 +130,22 @@ def write_shard(
 
     shard_dir = Path(root) / SHARD_DIR
     final = shard_dir / f"{shard_name(shard_id)}.h5"
-    tmp = (
-        shard_dir
-        / f"{temporary_prefix(shard_id)}{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    )
     filters = {} if compression == "none" else {"compression": compression}
     try:
-        with h5py.File(tmp, "w") as f:
-            for name, value in arrays.items():
-                value = np.asarray(value)
-                kwargs = {}
-                if name in COMPRESSED_FIELDS and value.ndim >= 2:
-                    kwargs = dict(filters, chunks=(1, *value.shape[1:]))
-                f.create_dataset(name, data=value, **kwargs)
-            for k, v in attrs.items():
-                f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        # The temporary name carries host and process, so a resumed run can tell stale leftovers.
+        with atomic.atomic_path(final, tag=f"{socket.gethostname()}.{os.getpid()}.") as tmp:
+            with h5py.File(tmp, "w") as f:
+                for name, value in arrays.items():
+                    value = np.asarray(value)
+                    kwargs = {}
+                    if name in COMPRESSED_FIELDS and value.ndim >= 2:
+                        kwargs = dict(filters, chunks=(1, *value.shape[1:]))
+                    f.create_dataset(name, data=value, **kwargs)
+                for k, v in attrs.items():
+                    f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
         entry = dict(entry, file=final.name, bytes=final.stat().st_size, sha256=_sha256(final))
         write_json_atomic(shard_dir / f"{shard_name(shard_id)}.json", entry)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise DatasetWriteError(
             e.errno,
             f"could not write {final}: {e.strerror or e}. Generation stopped; the finished shards "

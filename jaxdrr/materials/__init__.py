@@ -21,13 +21,15 @@ Three routes compute fractions, behind one entry point (:mod:`.segmentation`) :f
   four-channel set); smooth in HU, so renders are differentiable w.r.t. the CT.
 * ``"labels"`` (:mod:`.labels`): a user label map (e.g. TotalSegmentator) with a mapping label id ->
   material; unlabelled voxels fall back to the thresholds.
-* ``"vnet"`` (:mod:`.network`): the 3D network of :mod:`jaxdrr.models.vnet`, which uses context to
+* ``"vnet"`` (:mod:`.vnet_route`): the 3D network of :mod:`jaxdrr.models.vnet`, which uses context to
   separate what thresholds confuse (trabecular bone vs soft tissue, contrast vs bone).
 
-HU -> density curves live in :mod:`.density` (DeepDRR bilinear, Schneider 2000; :data:`HU_TO_DENSITY`),
-fractions -> densities and :func:`decompose` (an HU volume -> a density Volume, "decompose once,
-render many", re-exported as ``jaxdrr.decompose``) in :mod:`.densities`, the configuration in
-:mod:`.config`, the ``jaxdrr segment`` command in :mod:`.cli`. Everything is pure ``jax.numpy`` and
+HU -> density curves and the fractions -> densities formula live in :mod:`.hu_density` (DeepDRR
+bilinear, Schneider 2000; :data:`HU_TO_DENSITY`), the configuration in :mod:`.config`, and the one
+HU -> density path in :mod:`.decomposition`: :func:`material_densities` (what the renderer and the
+Monte Carlo integrate, re-exported as ``jaxdrr.material_densities``) and :func:`decompose` (an HU
+volume -> a density Volume, "decompose once, render many", re-exported as ``jaxdrr.decompose``).
+The ``jaxdrr segment`` command is :mod:`jaxdrr.cli.segment`. Everything is pure ``jax.numpy`` and
 works under ``jit``/``vmap``/``grad``.
 
 Decompose once, render many: rendering an HU volume runs the decomposition inside every render
@@ -48,8 +50,13 @@ from jaxdrr.materials.config import (
     MaterialConfig,
     as_material_config,
 )
-from jaxdrr.materials.densities import decompose, densities_from_fractions, density_channels
-from jaxdrr.materials.density import (
+from jaxdrr.materials.decomposition import (
+    decompose,
+    densities_from_fractions,
+    density_channels,
+    material_densities,
+)
+from jaxdrr.materials.hu_density import (
     DEFAULT_HU_TO_DENSITY,
     HU_TO_DENSITY,
     SCHNEIDER_DENSITY,
@@ -64,7 +71,6 @@ from jaxdrr.materials.labels import (
     read_structures_csv,
     totalsegmentator_mapping,
 )
-from jaxdrr.materials.network import VNET_CLASSES
 from jaxdrr.materials.segmentation import material_fractions, segment
 from jaxdrr.materials.thresholds import (
     DEFAULT_SOFTNESS_HU,
@@ -72,6 +78,7 @@ from jaxdrr.materials.thresholds import (
     METAL_THRESHOLD_HU,
     threshold_fractions,
 )
+from jaxdrr.materials.vnet_route import VNET_CLASSES
 
 __all__ = [
     "MaterialConfig",
@@ -79,6 +86,7 @@ __all__ = [
     "segment",
     "material_fractions",
     "decompose",
+    "material_densities",
     "threshold_fractions",
     "label_fractions",
     "load_label_mapping",

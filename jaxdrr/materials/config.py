@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from jaxdrr.errors import JaxdrrError
-from jaxdrr.materials.density import DEFAULT_HU_TO_DENSITY, check_hu_to_density
+from jaxdrr.materials.hu_density import DEFAULT_HU_TO_DENSITY, channel_densities, check_hu_to_density
 from jaxdrr.materials.thresholds import (
     DEFAULT_SOFTNESS_HU,
     DEFAULT_THRESHOLDS_HU,
@@ -31,6 +31,8 @@ from jaxdrr.materials.thresholds import (
     check_thresholds,
     threshold_fractions,
 )
+from jaxdrr.physics.attenuation import available_materials, mass_attenuation
+from jaxdrr.physics.compositions import density as nominal_density
 
 METHODS = ("thresholds", "vnet", "labels")
 MATERIAL_NAMES = ("air", "soft_tissue", "bone")
@@ -96,8 +98,6 @@ class MaterialConfig:
         thresholds = check_thresholds(self.thresholds_hu, self.softness_hu, needed)
         object.__setattr__(self, "thresholds_hu", thresholds)
         object.__setattr__(self, "softness_hu", float(self.softness_hu))
-        from jaxdrr.physics.attenuation import available_materials
-
         unknown = [n for n in self.table_names if n not in available_materials()]
         if unknown:
             raise JaxdrrError(
@@ -143,10 +143,8 @@ class MaterialConfig:
 
     def nominal_densities(self) -> tuple[float | None, ...]:
         """Per channel: the nominal density (g/cm^3) used instead of density(HU), or None."""
-        from jaxdrr.physics.compositions import density
-
         return tuple(
-            density(t) if n in self.nominal_density_names else None
+            nominal_density(t) if n in self.nominal_density_names else None
             for n, t in zip(self.names, self.table_names, strict=True)
         )
 
@@ -166,14 +164,12 @@ class MaterialConfig:
                 f"MaterialConfig.density_channels is the per-voxel threshold route; method "
                 f"{self.method!r} needs the whole volume: use jaxdrr.decompose(params, volume, config)"
             )
-        from jaxdrr.materials.densities import densities_from_fractions
-
-        return densities_from_fractions(hu, self.threshold_fractions(hu), self)
+        return channel_densities(
+            hu, self.threshold_fractions(hu), self.hu_to_density, self.nominal_densities()
+        )
 
     def mass_attenuation(self, energies) -> np.ndarray:
         """mu/rho [M, E] (cm^2/g) of the channels' table materials at energies (keV)."""
-        from jaxdrr.physics.attenuation import mass_attenuation
-
         return mass_attenuation(self.table_names, energies)
 
 

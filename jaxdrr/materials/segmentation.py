@@ -14,8 +14,8 @@ import jax
 from jaxdrr.errors import JaxdrrError, VolumeError
 from jaxdrr.materials.config import METHODS, MaterialConfig, as_material_config
 from jaxdrr.materials.labels import check_label_map, label_fractions, mapping_table
-from jaxdrr.materials.network import vnet_fractions
 from jaxdrr.materials.thresholds import threshold_fractions
+from jaxdrr.materials.vnet_route import vnet_fractions
 from jaxdrr.volume import Volume
 
 

@@ -4,8 +4,9 @@
 * :mod:`jaxdrr.models.scatter_net`: low-resolution primary -> scatter image (``RenderConfig(scatter="net")``),
   trained on jaxdrr's Monte Carlo.
 
-Training scripts (``train_*.py``, ``scatter_data.py``) sit beside their models but are not imported
-here, so the runtime needs neither optax nor the training data generators.
+Only the networks and their weights live here. Their training (data generators, losses,
+optimisers) is :mod:`jaxdrr.training`, which the runtime never imports, so it needs neither optax
+nor the training data generators.
 """
 
 from jaxdrr.models import scatter_net, vnet

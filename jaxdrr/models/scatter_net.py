@@ -28,8 +28,8 @@ a multiple of 8 and cropped back. GroupNorm keeps the model stateless, so weight
 pytree (``params["scatter_net"]`` in the renderer) that can be replaced, fine-tuned or
 differentiated.
 
-Training code (``scatter_data.py``, ``train_scatter.py``) sits beside this file and is not imported
-at run time.
+Training code (:mod:`jaxdrr.training.scatter_data`, :mod:`jaxdrr.training.train_scatter`) is
+never imported at run time.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ of activations plus the low-resolution output; fractions are resampled to the CT
 The soft fractions are differentiable w.r.t. HU, so a render through the decomposition is too
 (decompose once per CT with :func:`jaxdrr.decompose` for speed).
 
-Training code lives beside this file (``train_vnet.py``) and is not imported at run time.
+Training code is :mod:`jaxdrr.training.train_vnet`, which the runtime never imports.
 """
 
 from __future__ import annotations

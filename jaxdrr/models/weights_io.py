@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from flax import serialization
 
+from jaxdrr.atomic import write_bytes, write_json
 from jaxdrr.errors import JaxdrrError
 
 
@@ -18,16 +19,13 @@ def count_parameters(weights: dict) -> int:
 
 
 def save(path: str | Path, weights: dict, config_json: dict, record: dict | None = None) -> Path:
-    """Writes ``path.msgpack`` and ``path.json`` atomically (temporary file + rename)."""
+    """Writes ``path.msgpack`` and ``path.json``, each atomically (:mod:`jaxdrr.atomic`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = serialization.msgpack_serialize(jax.tree.map(lambda a: np.asarray(a, np.float32), weights))
     meta = {"config": config_json, "parameters": count_parameters(weights), **(record or {})}
-    for suffix, data in ((".msgpack", blob), (".json", json.dumps(meta, indent=2).encode())):
-        target = path.with_suffix(suffix)
-        tmp = target.with_suffix(suffix + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+    write_bytes(path.with_suffix(".msgpack"), blob)
+    write_json(path.with_suffix(".json"), meta, indent=2)
     return path.with_suffix(".msgpack")
 
 

@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from jaxdrr.phantoms.grid import centered_affine, centered_axes
 from jaxdrr.volume import Volume
 
 __all__ = [
@@ -49,10 +50,9 @@ __all__ = [
     "rotation_matrix",
     "rotation_from_axis",
     "pelvis_shapes",
-    "phantom",
+    "analytic_phantom",
     "voxelize",
     "paint_points",
-    "centered_affine",
     "shape_ray_interval",
     "ellipsoid_ray_interval",
     "cylinder_ray_interval",
@@ -502,17 +502,6 @@ def phantom_line_integral(
 # --------------------------------------------------------------------------------------------------
 
 
-def _grid_axes(shape, spacing) -> list[np.ndarray]:
-    return [(np.arange(n) - (n - 1) / 2.0) * float(s) for n, s in zip(shape, spacing)]
-
-
-def centered_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
-    """Diagonal RAS+ affine of a grid whose centre is the world origin; [4, 4]."""
-    affine = np.diag([float(s) for s in spacing] + [1.0])
-    affine[:3, 3] = -(np.asarray(shape, dtype=np.float64) - 1) / 2.0 * np.asarray(spacing, np.float64)
-    return affine
-
-
 def _scaled_local_broadcast(shape: Shape, xs, ys, zs):
     """Scaled local coordinates on the grid xs x ys x zs as broadcastable arrays (cheap when aligned).
 
@@ -594,7 +583,7 @@ def voxelize(
         raise ValueError(f"spacing must be positive, got {spacing}")
     if supersample < 1:
         raise ValueError(f"supersample must be >= 1, got {supersample}")
-    axes = _grid_axes(shape, spacing)
+    axes = centered_axes(shape, spacing)
     field = np.full(shape, float(background), dtype=np.float32)
     needs_supersampling = np.zeros(shape, dtype=bool)
     half_diagonal = 0.5 * float(np.linalg.norm(spacing)) * 1.001  # slack for rounding
@@ -865,7 +854,7 @@ def _shape_label(name: str) -> int | None:
 def pelvis_label_map(shape: Sequence[int], spacing, screw: bool = True) -> np.ndarray:
     """Bone label map (:data:`PELVIS_LABELS`) of the analytic pelvis on a grid centred at the origin.
 
-    Voxel-centre (point) sampling of the same shapes as :func:`phantom`, painted in the same
+    Voxel-centre (point) sampling of the same shapes as :func:`analytic_phantom`, painted in the same
     order: a voxel takes the label of the last bone shape containing it; canals and hip joint
     spaces are background; soft tissue, gas, discs and the lower-density 'add' regions do not
     change the label.
@@ -917,7 +906,7 @@ def pelvis_landmarks(screw: bool = True) -> dict[str, np.ndarray]:
     return points
 
 
-def phantom(
+def analytic_phantom(
     shape: Sequence[int] | None = None,
     spacing: Sequence[float] | None = None,
     fov_mm: Sequence[float] = (380.0, 300.0, 240.0),
@@ -926,14 +915,12 @@ def phantom(
     *,
     bowel_gas: bool = True,
     shapes: Sequence[Shape] | None = None,
-    kind: str = "analytic",
-    seed: int = 0,
 ) -> Volume:
-    """The pelvis-like analytic phantom (or, with ``kind``, an anatomical CT) as a HU :class:`Volume`.
+    """The pelvis-like analytic phantom as a HU :class:`Volume` (``jaxdrr.phantom(kind="analytic")``).
 
     Args:
       shape: grid shape (I, J, K) along (x = Right, y = Anterior, z = Superior); default
-        (128, 128, 96) for the analytic phantom, the region's own default for the other kinds.
+        (128, 128, 96).
       spacing: voxel spacing in mm (scalar or 3); default ``fov_mm / shape``.
       fov_mm: field of view (mm) used when ``spacing`` is None.
       screw: include the titanium screw (see :func:`pelvis_shapes`).
@@ -941,22 +928,11 @@ def phantom(
       bowel_gas: include the asymmetric bowel gas pockets.
       shapes: voxelise this shape list instead of :func:`pelvis_shapes` (``screw``/``bowel_gas``
         are then ignored).
-      kind: "analytic" (this phantom), or "pelvis", "chest", "abdomen", "limb": the detailed
-        procedural adult CT of :func:`jaxdrr.phantoms.demo_volume` (textured bone, organs, bowel
-        gas; no exact line integrals). For those, ``shape``, ``spacing`` and ``seed`` are passed on
-        (``spacing`` alone keeps the region's field of view) and the analytic options are ignored.
-      seed: subject of the anatomical kinds.
 
     Returns:
       A ``Volume`` (``kind="hu"``) centred at the world origin with a diagonal RAS+ affine; the
       analytic counterpart is ``pelvis_shapes(screw, bowel_gas)`` with :func:`phantom_line_integral`.
     """
-    if kind != "analytic":
-        from jaxdrr.phantoms.demo import DEMO_REGIONS, demo_volume
-
-        if kind not in DEMO_REGIONS:
-            raise ValueError(f"unknown phantom kind {kind!r}; choose 'analytic' or one of {DEMO_REGIONS}")
-        return demo_volume(kind, seed=seed, shape=shape, spacing_mm=spacing)
     shape = tuple(int(n) for n in (shape if shape is not None else (128, 128, 96)))
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"phantom shape must be 3 positive ints, got {shape}")

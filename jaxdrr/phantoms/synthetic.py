@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from jaxdrr.errors import JaxdrrError
-from jaxdrr.phantoms.analytic import centered_affine
+from jaxdrr.phantoms.grid import centered_affine
 
 MATERIAL_CLASSES = ("air", "soft_tissue", "bone", "metal")
 TISSUES = (
@@ -789,7 +789,10 @@ _BUILDERS = {"chest": _chest, "abdomen": _abdomen, "pelvis": _pelvis, "limb": _l
 # CT image formation on the fine grid (HU only; the truth was fixed before).
 
 
-def _nps_noise(rng, shape, spacing, sigma_hu, peak, slice_mm):
+def nps_noise(rng, shape, spacing, sigma_hu, peak, slice_mm):
+    """CT noise [I, J, K] of standard deviation ``sigma_hu``: white noise filtered in-plane by the
+    square root of an FBP-like noise power spectrum (peak at ``peak`` /mm), correlated along z over
+    the slice thickness."""
     white = rng.standard_normal(shape).astype(np.float32)
     fx = np.fft.fftfreq(shape[0], spacing[0])[:, None]
     fy = np.fft.rfftfreq(shape[1], spacing[1])[None, :]
@@ -802,8 +805,8 @@ def _nps_noise(rng, shape, spacing, sigma_hu, peak, slice_mm):
     return (noise * (sigma_hu / max(float(noise.std()), 1e-6))).astype(np.float32)
 
 
-def _metal_streaks(rng, hu, tissue, spacing, amplitude):
-    metal = tissue == _T["metal"]
+def metal_streaks(rng, hu, metal, spacing, amplitude):
+    """Adds bright and dark streaks (in place, per slice) radiating from the ``metal`` mask [I, J, K]."""
     if not metal.any():
         return hu
     x = np.arange(hu.shape[0])[:, None] * spacing[0]
@@ -836,8 +839,8 @@ def _degrade(rng, c: _Canvas, params: dict, body_center, body_semi):
     y = c.origin[1] + np.arange(c.shape[1])[None, :] * c.spacing[1] - body_center[1]
     rho2 = (x / body_semi[0]) ** 2 + (y / body_semi[1]) ** 2
     hu -= (params["cupping_hu"] * np.clip(1.0 - rho2, 0.0, 1.0))[..., None].astype(np.float32)
-    hu = _metal_streaks(rng, hu, c.tissue, c.spacing, params["streak_hu"])
-    hu += _nps_noise(
+    hu = metal_streaks(rng, hu, c.tissue == _T["metal"], c.spacing, params["streak_hu"])
+    hu += nps_noise(
         rng, c.shape, c.spacing, params["noise_hu"], params["nps_peak_per_mm"], params["slice_mm"]
     )
     return params["slope"] * hu + params["offset_hu"]

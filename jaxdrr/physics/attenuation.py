@@ -15,15 +15,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import pathlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from jaxdrr.errors import JaxdrrError
 from jaxdrr.physics.compositions import UnknownMaterialError
+from jaxdrr.physics.shipped import data_path, load_npz
 
-TABLE_PATH = pathlib.Path(__file__).parent / "data" / "attenuation.npz"
+TABLE_FILE = "attenuation.npz"
+TABLE_PATH = data_path(TABLE_FILE)
 
 
 class EnergyRangeError(JaxdrrError):
@@ -64,23 +65,10 @@ class AttenuationTable:
 
 @functools.lru_cache(maxsize=1)
 def load_table() -> AttenuationTable:
-    """Loads (once) and returns the shipped attenuation table."""
-    if not TABLE_PATH.exists():
-        raise FileNotFoundError(
-            f"attenuation table {TABLE_PATH} is missing; regenerate it with "
-            "`python tools/make_attenuation_tables.py`"
-        )
-    with np.load(TABLE_PATH, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    for k in (
-        "energies_keV",
-        "mu_rho_cm2_g",
-        "density_g_cm3",
-        "edge_energies_keV",
-        "muen_air_energies_keV",
-        "muen_air_cm2_g",
-    ):
-        arrays[k].setflags(write=False)
+    """Loads (once) and returns the shipped attenuation table (its arrays are read-only)."""
+    arrays = load_npz(
+        TABLE_FILE, what="attenuation table", regenerate="python tools/make_attenuation_tables.py"
+    )
     return AttenuationTable(
         energies_keV=arrays["energies_keV"],
         mu_rho=arrays["mu_rho_cm2_g"],

@@ -6,7 +6,8 @@ does not define a spectrum (SpekPy and IPEM-78 differ at the same nominal settin
 spectrum carries where it came from.
 
 Sources: :func:`ipem78` (IPEM Report 78 tungsten spectra shipped as data), :func:`spekpy_spectrum`
-(SpekPy, optional dependency ``jaxdrr[spectra]``) and :func:`from_arrays` (bring your own).
+(SpekPy, optional dependency ``jaxdrr[spectra]``) and :func:`from_arrays` (bring your own);
+:func:`default_spectrum` is the renderer's and the Monte Carlo's default.
 :func:`rebin` moves a spectrum onto another bin grid conserving photon number; :func:`mean_energy`
 and :func:`first_hvl_mm_al` are the usual beam-quality numbers.
 
@@ -16,20 +17,22 @@ A Spectrum is a JAX pytree (leaves: the two arrays), so it can be passed through
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 import jax
 import numpy as np
 
 from jaxdrr.errors import JaxdrrError
+from jaxdrr.physics.attenuation import load_table
+from jaxdrr.physics.shipped import DATA_DIR
 
-DATA_DIR = pathlib.Path(__file__).parent / "data"
 IPEM78_FILES = {
     60: "ipem78_W60kVp_Al3.5mm.csv",
     90: "ipem78_W90kVp_Al4.0mm.csv",
     120: "ipem78_W120kVp_Al4.3mm.csv",
 }
 ALUMINIUM_DENSITY_G_CM3 = 2.699
+# SpekPy's own lower limit for a tungsten anode; the upper limit is where the attenuation tables end.
+SPEKPY_MIN_KVP = 10.0
 
 
 class SpectrumError(JaxdrrError):
@@ -163,6 +166,27 @@ def _read_csv(lines: list[str]) -> np.ndarray:
     return np.array([[float(a), float(b)] for a, b in rows[1:]], dtype=np.float64)  # rows[0]: header
 
 
+def spekpy_kvp_range() -> tuple[float, float]:
+    """(lowest, highest) tube voltage in kV of a :func:`spekpy_spectrum` that jaxdrr can render.
+
+    The top photon energy equals the kVp, so the attenuation tables' last energy (150 keV) caps it;
+    the bottom is SpekPy's own limit for a tungsten anode.
+    """
+    return SPEKPY_MIN_KVP, float(load_table().energy_range_keV[1])
+
+
+def check_spekpy_kvp(kvp) -> float:
+    """Returns ``kvp`` as a float; a SpectrumError naming the supported range when it lies outside it."""
+    low, high = spekpy_kvp_range()
+    value = float(kvp)
+    if not (np.isfinite(value) and low <= value <= high):
+        raise SpectrumError(
+            f"kVp {kvp:g} is outside the {low:g}-{high:g} kV that SpekPy spectra support here (the "
+            f"attenuation tables end at {high:g} keV); the shipped IPEM-78 spectra are 60, 90 and 120 kVp"
+        )
+    return value
+
+
 def spekpy_spectrum(
     kvp: float, filtration_mm_al: float, anode_angle_deg: float = 12.0, bin_keV: float = 1.0
 ) -> Spectrum:
@@ -182,18 +206,20 @@ def spekpy_spectrum(
       The Spectrum.
 
     Raises:
+      SpectrumError: ``kvp`` outside :func:`spekpy_kvp_range`, negative filtration.
       ImportError: SpekPy is not installed (``pip install jaxdrr[spectra]``).
     """
+    check_spekpy_kvp(kvp)
+    if not (np.isfinite(filtration_mm_al) and filtration_mm_al >= 0 and bin_keV > 0):
+        raise SpectrumError(
+            f"need filtration >= 0 mm Al and bin_keV > 0; got {filtration_mm_al}, {bin_keV}"
+        )
     try:
         import spekpy
     except ImportError as exc:
         raise ImportError(
             "spekpy_spectrum() needs SpekPy: pip install jaxdrr[spectra] (or pip install spekpy)"
         ) from exc
-    if not (kvp > 0 and filtration_mm_al >= 0 and bin_keV > 0):
-        raise SpectrumError(
-            f"need kvp > 0, filtration >= 0, bin_keV > 0; got {kvp}, {filtration_mm_al}, {bin_keV}"
-        )
     spek = spekpy.Spek(kvp=kvp, th=anode_angle_deg, dk=bin_keV, shift=0.5)
     if filtration_mm_al > 0:
         spek.filter("Al", filtration_mm_al)
@@ -275,6 +301,12 @@ def rebin(spectrum: Spectrum, energies=None) -> Spectrum:
         name=spectrum.name,
         provenance=spectrum.provenance + " | rebinned (photon-conserving)",
     )
+
+
+def default_spectrum(kvp: int = 120) -> Spectrum:
+    """The default emitted spectrum: IPEM-78 tungsten (the DeepDRR paper used 120 kVp, 4.3 mm Al),
+    rebinned to 1 keV bins centred on integer keV (re-exported as ``jaxdrr.default_spectrum``)."""
+    return rebin(ipem78(kvp))
 
 
 def mean_energy(spectrum: Spectrum) -> float:

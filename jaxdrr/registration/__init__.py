@@ -4,8 +4,8 @@
   about a rotation centre, relative to a reference :class:`Camera`), conversions to P and C-arm angles.
 * :mod:`~jaxdrr.registration.metrics`: NCC, gradient NCC, patch-wise / multiscale NCC, MSE.
 * :mod:`~jaxdrr.registration.optimize`: :func:`register` (Adam / L-BFGS, coarse to fine, multi-start).
-* :mod:`~jaxdrr.registration.errors`: mTRE, projection distance, rotation / translation errors.
-* :mod:`~jaxdrr.registration.cli`: ``jaxdrr register``.
+* :mod:`~jaxdrr.registration.accuracy`: mTRE, projection distance, rotation / translation errors.
+* ``jaxdrr register`` (the command line) lives in :mod:`jaxdrr.cli.register`.
 
 Example::
 
@@ -14,8 +14,8 @@ Example::
     result.P, result.history
 """
 
-from jaxdrr.registration import errors, metrics, optimize, pose
-from jaxdrr.registration.errors import (
+from jaxdrr.registration import accuracy, metrics, optimize, pose
+from jaxdrr.registration.accuracy import (
     grid_points,
     mtre,
     projection_distance,
@@ -35,6 +35,7 @@ from jaxdrr.registration.optimize import (
     RegistrationConfig,
     RegistrationResult,
     downsample_image,
+    downsample_volume,
     make_loss_fn,
     register,
 )
@@ -77,13 +78,14 @@ __all__ = [
     "register",
     "make_loss_fn",
     "downsample_image",
+    "downsample_volume",
     "grid_points",
     "mtre",
     "projection_distance",
     "registration_errors",
     "rotation_error_deg",
     "translation_error_mm",
-    "errors",
+    "accuracy",
     "metrics",
     "optimize",
     "pose",

@@ -25,6 +25,15 @@ Algorithm (:func:`register`):
    than a decaying Adam step).
 5. **History.** Every iteration's loss, pose parameters, level and start index are recorded in
    :class:`RegistrationResult`.
+6. **Decompose once.** A HU volume is converted to material densities once, before the first
+   iteration (:func:`jaxdrr.decompose`), not inside every render.
+
+Speed: an iteration's cost grows with the CT's voxel count as well as with the DRR's pixels. The
+defaults are the benchmark's (``benchmarks/registration``: a 64 x 64 x 48 CT, a 128 x 128 X-ray,
+about 1.5 s); a clinical CT (e.g. 256 x 256 x 133) takes several times longer at the same
+settings. :func:`downsample_volume` (``jaxdrr register --ct-max-size``, default 128 voxels per
+axis) and registering a block-averaged X-ray (``--max-size``) bring it back to the benchmark's
+scale; they are not applied here, because what resolution keeps the accuracy depends on the CT.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import optax
 
 from jaxdrr.errors import JaxdrrError
 from jaxdrr.geometry.projection import rescale_detector
+from jaxdrr.materials import decompose
 from jaxdrr.registration import metrics as metrics_lib
 from jaxdrr.registration.pose import (
     DEFAULT_RADIUS_MM,
@@ -194,6 +204,30 @@ def downsample_image(image, factor: int) -> jax.Array:
     return image[: h * factor, : w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3))
 
 
+def downsample_volume(volume: Volume, factor: int) -> Volume:
+    """A HU (or density) volume block-averaged over ``factor``^3 voxels, on the same world box.
+
+    The far edges are padded with the volume's minimum (air) up to whole blocks; the new voxel
+    centres are the block centres, so the affine keeps the world coordinates. Registration cost per
+    iteration grows with the CT's voxel count, and a CT much finer than the DRR's pixels adds cost
+    but no information (see ``jaxdrr register --ct-max-size``).
+    """
+    if factor == 1:
+        return volume
+    if factor < 1:
+        raise JaxdrrError(f"volume factor must be an integer >= 1, got {factor}")
+    data = jnp.asarray(volume.data)
+    lead = data.shape[:-3]
+    pad = [(0, 0)] * len(lead) + [(0, -n % factor) for n in data.shape[-3:]]
+    data = jnp.pad(data, pad, constant_values=jnp.min(data))
+    ni, nj, nk = (n // factor for n in data.shape[-3:])
+    data = data.reshape(*lead, ni, factor, nj, factor, nk, factor).mean(axis=(-5, -3, -1))
+    affine = np.array(volume.affine, np.float64)
+    affine[:3, 3] += affine[:3, :3] @ np.full(3, (factor - 1) / 2.0)
+    affine[:3, :3] *= factor
+    return Volume.create(data, affine, kind=volume.kind, channel_names=volume.channel_names)
+
+
 def make_loss_fn(render_config: RenderConfig, metric: str, metric_kwargs=(), factor: int = 1) -> Callable:
     """``loss(pose, volume, camera, target, mask, params)`` at one detector level (pure).
 
@@ -328,6 +362,8 @@ def register(
     target, mask = check_problem(target, camera, mask)
     rc = (render_config or RenderConfig()).replace(height=camera.height, width=camera.width, noise=None)
     params = params if params is not None else default_params(rc)
+    if volume.kind == "hu":  # the same DRRs; the per-voxel HU -> density work runs once, not per step
+        volume = jax.jit(lambda p, v: decompose(p, v, rc.materials))(params, volume)
     if init is None:
         init = Pose.identity(config.parameterization, config.radius_mm)
     if (init.parameterization, init.radius_mm) != (config.parameterization, config.radius_mm):

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdrr.errors import GeometryError
-from jaxdrr.geometry.carm import _AP_CAMERA_AXES, CArmGeometry, carm_extrinsics
+from jaxdrr.geometry.carm import AP_CAMERA_AXES, CArmGeometry, carm_extrinsics
 from jaxdrr.geometry.projection import (
     check_detector,
     check_projection_matrix,
@@ -379,7 +379,7 @@ def carm_parameters(R, t, center=None, sid_mm: float | None = None) -> dict[str,
     """
     R = np.asarray(R, np.float64)
     t = np.asarray(t, np.float64)
-    A = np.asarray(_AP_CAMERA_AXES)
+    A = np.asarray(AP_CAMERA_AXES)
     M = R.T @ A.T  # = Rz(lao) Rx(cran) Ry(roll)
     cran = np.arcsin(np.clip(M[2, 1], -1.0, 1.0))
     roll = np.arctan2(-M[2, 0], M[2, 2])

@@ -5,6 +5,10 @@
   units and the deposited energy per voxel.
 * :mod:`jaxdrr.scatter.transport`: the jittable photon-lane kernel (Woodcock tracking, interaction
   sampling, tallies).
+* :mod:`jaxdrr.scatter.majorants`: local (per-block) Woodcock majorants
+  (``MonteCarloConfig(tracking="local")``).
+* :mod:`jaxdrr.scatter.forced_detection`: forced detection of the scatter images
+  (``MonteCarloConfig(forced_detection=ForcedDetection())``).
 * :mod:`jaxdrr.scatter.interactions`: cross sections and sampling tables from xraylib (shipped for
   the built-in materials, computed at run time for user compositions).
 
@@ -15,6 +19,7 @@ See docs/monte_carlo.md for the method, units and validation.
 """
 
 from jaxdrr.scatter.estimate import ScatterConfig, check_range, conditioning, mc_scatter, net_scatter
+from jaxdrr.scatter.forced_detection import ForcedDetection
 from jaxdrr.scatter.interactions import InteractionDataError, InteractionTables, compute_tables, tables_for
 from jaxdrr.scatter.monte_carlo import (
     CSI,
@@ -38,6 +43,7 @@ __all__ = [
     "MonteCarloConfig",
     "DetectorAbsorption",
     "GridConfig",
+    "ForcedDetection",
     "CSI",
     "LEAD",
     "IMAGE_NAMES",

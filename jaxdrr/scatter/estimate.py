@@ -9,7 +9,7 @@ scatter are both flat-field corrected (divided by the grid's open-beam primary t
 a calibrated C-arm.
 
 This module is the one place for the quantities the network sees, used by the renderer, by the
-training-data generator (:mod:`jaxdrr.models.scatter_data`) and by the trainer:
+training-data generator (:mod:`jaxdrr.training.scatter_data`) and by the trainer:
 
 * :func:`low_res_shape`, :func:`low_res_projection`, :func:`block_average`: the low-resolution
   detector and the area average onto it (so the network input at render time is computed exactly as
@@ -17,6 +17,10 @@ training-data generator (:mod:`jaxdrr.models.scatter_data`) and by the trainer:
 * :func:`conditioning`: the scalars scatter depends on besides the image (spectrum, distances,
   pixel size, grid), in physical units;
 * :func:`net_scatter` and :func:`mc_scatter`: the two estimators, full detector resolution.
+
+The network's input transmissions are made from the spectral moments of the primary
+(:func:`jaxdrr.spectral.detector_moments`); the renderer computes those once per image and hands them
+to :func:`net_scatter` (``moments=``), which computes them itself only when none are given.
 
 The trained range (spectra 60-120 kVp, source-detector 900-1300 mm, low-resolution pixels of
 6-14 mm, object centre at 50-85 % of the SDD) is :data:`TRAINED_RANGE`; :func:`check_range`
@@ -32,8 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdrr import spectral
 from jaxdrr.errors import JaxdrrError
 from jaxdrr.geometry.projection import is_concrete
+from jaxdrr.scatter.monte_carlo import GridConfig, MonteCarloConfig, monte_carlo
+from jaxdrr.volume import Volume
 
 NET_GRID = 32
 METHODS = ("net", "mc")
@@ -217,28 +224,43 @@ def _warn_range_callback(cond) -> None:
             warnings.warn(str(exc), stacklevel=2)
 
 
-def transmissions(params, L) -> tuple[jax.Array, jax.Array]:
-    """Primary transmissions (EI, PC) [...] of line integrals [..., M] (g/cm^2) for ``params``."""
-    from jaxdrr import spectral
+def transmissions(params, L, moments: spectral.DetectorMoments | None = None) -> tuple[jax.Array, jax.Array]:
+    """Primary transmissions (EI, PC) [...] of line integrals [..., M] (g/cm^2) for ``params``.
 
+    Args:
+      params: ``{"energies", "spectrum", "mu_rho"}``.
+      L: line integrals [..., M] (g/cm^2).
+      moments: the spectral moments of ``L`` for ``params`` if already computed
+        (:func:`jaxdrr.spectral.detector_moments`); None computes them here.
+    """
     w = params["spectrum"]
-    m = spectral.detector_moments(L, params["mu_rho"], params["energies"], w)
+    m = moments
+    if m is None:
+        m = spectral.detector_moments(L, params["mu_rho"], params["energies"], w)
     e_mean = jnp.sum(w * params["energies"])
     return m.m1 / e_mean, m.m0 / jnp.sum(w)
 
 
-def network_inputs(params, L, height: int, width: int, P, volume_center_mm, config: ScatterConfig):
-    """Low-resolution images [h, w, 3] (T_ei, T_pc, mass thickness g/cm^2) and conditioning [6]."""
+def network_inputs(
+    params, L, height: int, width: int, P, volume_center_mm, config: ScatterConfig, moments=None
+):
+    """Low-resolution images [h, w, 3] (T_ei, T_pc, mass thickness g/cm^2) and conditioning [6].
+
+    ``moments``: the spectral moments of ``L`` if already computed (see :func:`transmissions`).
+    """
     h, w = low_res_shape(height, width, config.grid_side)
-    t_ei, t_pc = transmissions(params, L)
+    t_ei, t_pc = transmissions(params, L, moments)
     images = jnp.concatenate([jnp.stack([t_ei, t_pc], -1), jnp.sum(L, -1, keepdims=True)], -1)
     low = block_average(images, h, w)
     P_low = low_res_projection(P, height, width, h, w)
     return low, conditioning(params, P_low, volume_center_mm, config)
 
 
-def net_scatter(params, L, P, volume_center_mm, config: ScatterConfig, height: int, width: int):
-    """Scatter (s_ei, s_pc) [H, W] from the network ``params["scatter_net"]`` (see module doc)."""
+def net_scatter(params, L, P, volume_center_mm, config: ScatterConfig, height: int, width: int, moments=None):
+    """Scatter (s_ei, s_pc) [H, W] from the network ``params["scatter_net"]`` (see module doc).
+
+    ``moments``: the spectral moments of ``L`` if already computed (see :func:`transmissions`).
+    """
     from jaxdrr.models import scatter_net
 
     if "scatter_net" not in params:
@@ -246,7 +268,7 @@ def net_scatter(params, L, P, volume_center_mm, config: ScatterConfig, height: i
             "scatter='net' needs the network weights in params['scatter_net']: build params with "
             "jaxdrr.default_params(config) for a config with scatter"
         )
-    low, cond = network_inputs(params, L, height, width, P, volume_center_mm, config)
+    low, cond = network_inputs(params, L, height, width, P, volume_center_mm, config, moments)
     if config.warn_outside_range:
         if is_concrete(cond):
             check_range(cond)
@@ -263,9 +285,6 @@ def mc_scatter(params, densities, volume, P, key, config: ScatterConfig, materia
     Not differentiable (the result is wrapped in ``stop_gradient``); ``config.mc_photons``
     histories; noisy (relative noise about ``1/sqrt(scattered photons per low-res pixel)``).
     """
-    from jaxdrr.scatter.monte_carlo import GridConfig, MonteCarloConfig, monte_carlo
-    from jaxdrr.volume import Volume
-
     h, w = low_res_shape(height, width, config.grid_side)
     P_low = low_res_projection(P, height, width, h, w)
     dens = Volume.create(

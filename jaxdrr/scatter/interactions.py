@@ -37,10 +37,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from jaxdrr.atomic import write_npz
 from jaxdrr.errors import JaxdrrError
+from jaxdrr.physics.attenuation import EnergyRangeError
 from jaxdrr.physics.compositions import COMPOSITIONS, Composition, UnknownMaterialError
+from jaxdrr.physics.shipped import data_path, load_npz
 
-TABLE_PATH = pathlib.Path(__file__).resolve().parents[1] / "physics" / "data" / "interactions_xraylib.npz"
+TABLE_FILE = "interactions_xraylib.npz"
+TABLE_PATH = data_path(TABLE_FILE)
 
 E_MIN_KEV, E_MAX_KEV = 1.0, 150.0
 NUM_ENERGIES = 2048
@@ -144,8 +148,6 @@ def _log_step() -> float:
 
 def check_energies(energies) -> np.ndarray:
     """Validates energies (keV) against the table range; raises EnergyRangeError outside 1-150 keV."""
-    from jaxdrr.physics.attenuation import EnergyRangeError
-
     e = np.atleast_1d(np.asarray(energies, dtype=np.float64))
     if not np.all(np.isfinite(e)):
         raise EnergyRangeError("energies contain NaN or Inf")
@@ -261,7 +263,7 @@ def save_tables(
     shipped name but other fractions is recomputed rather than silently replaced.
     """
     prov = {"data": tables.provenance, **(extra_provenance or {})}
-    np.savez_compressed(
+    write_npz(
         path,
         materials=np.array(tables.materials),
         energies_keV=tables.energies_keV,
@@ -276,16 +278,19 @@ def save_tables(
     )
 
 
+def _shipped_arrays() -> dict:
+    return load_npz(
+        TABLE_FILE,
+        what="interaction table",
+        regenerate="python tools/make_interaction_tables.py",
+        missing_error=InteractionDataError,
+    )
+
+
 @functools.lru_cache(maxsize=1)
 def load_shipped() -> InteractionTables:
-    """Loads (once) the shipped tables (:func:`shipped_compositions`)."""
-    if not TABLE_PATH.exists():
-        raise InteractionDataError(
-            f"interaction table {TABLE_PATH} is missing; regenerate it with "
-            "`python tools/make_interaction_tables.py`"
-        )
-    with np.load(TABLE_PATH, allow_pickle=False) as z:
-        a = {k: z[k] for k in z.files}
+    """Loads (once) the shipped tables (:func:`shipped_compositions`); the arrays are read-only."""
+    a = _shipped_arrays()
     x = a["x_inv_angstrom"]
     if x.size != NUM_X or a["energies_keV"].size != NUM_ENERGIES:
         raise InteractionDataError(f"{TABLE_PATH} does not match this jaxdrr version; regenerate it")
@@ -307,8 +312,8 @@ def load_shipped() -> InteractionTables:
 
 @functools.lru_cache(maxsize=1)
 def _shipped_fractions() -> dict:
-    with np.load(TABLE_PATH, allow_pickle=False) as z:
-        return json.loads(str(z["compositions_json"])) if "compositions_json" in z.files else {}
+    a = _shipped_arrays()
+    return json.loads(str(a["compositions_json"])) if "compositions_json" in a else {}
 
 
 def _normalised(fractions) -> dict:

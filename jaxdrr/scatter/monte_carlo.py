@@ -5,9 +5,11 @@ size) and simulates ``photons`` histories from a point source at P's centre:
 
 * **Source**: isotropic inside the pyramid through the detector's four corners (a collimated point
   source), energies drawn from the discrete spectrum of ``params`` (the renderer's
-  :func:`jaxdrr.default_params`: the same bins, so the primary matches the renderer exactly).
+  :func:`jaxdrr.default_params`: the same bins, so the primary matches the renderer exactly; by
+  default :func:`jaxdrr.physics.default_spectrum` built by :func:`jaxdrr.physics.params.physics_params`).
 * **Geometry**: nearest-voxel homogeneous voxels of per-material densities (the renderer's material
-  channels, or any materials named); vacuum outside the volume box. The detector is the plane
+  channels decomposed by :func:`jaxdrr.materials.material_densities`, or any materials named);
+  vacuum outside the volume box. The detector is the plane
   perpendicular to P's principal axis at ``config.sdd_mm`` from the source; P maps it to pixels.
 * **Physics** (:mod:`jaxdrr.scatter.transport`): Woodcock tracking, photoelectric absorption,
   Compton (Klein-Nishina x S(x)/Z) and Rayleigh (Thomson x F^2) scattering from xraylib tables
@@ -39,14 +41,20 @@ import numpy as np
 
 from jaxdrr.errors import GeometryError, JaxdrrError, VolumeError
 from jaxdrr.geometry.projection import check_detector, check_projection_matrix, is_concrete, source_position
-from jaxdrr.materials import MaterialConfig, as_material_config
+from jaxdrr.materials import MaterialConfig, as_material_config, material_densities
 from jaxdrr.physics.compositions import Composition
+from jaxdrr.physics.compositions import density as nominal_density
+from jaxdrr.physics.params import physics_params
+from jaxdrr.physics.spectra import default_spectrum
+from jaxdrr.scatter import forced_detection as fd_lib
 from jaxdrr.scatter import interactions as xs_lib
-from jaxdrr.scatter import transport
+from jaxdrr.scatter import majorants, transport
+from jaxdrr.scatter.forced_detection import ForcedDetection
 from jaxdrr.volume import Volume
 
 IMAGE_NAMES = ("primary", "single_compton", "single_rayleigh", "multiple")
 READOUTS = ("ei", "pc")
+TRACKING = ("global", "local")
 CSI = xs_lib.CSI
 LEAD = xs_lib.LEAD
 ALUMINIUM = "aluminium"
@@ -134,6 +142,14 @@ class MonteCarloConfig:
         found (see :func:`woodcock_majorant`); violations are counted in the result.
       max_iterations: safety cap on transport iterations (photons still alive are reported as
         ``"truncated"``).
+      tracking: ``"global"`` (Woodcock tracking with one majorant per energy: the reference) or
+        ``"local"`` (delta tracking across a grid of per-block majorants,
+        :mod:`jaxdrr.scatter.majorants`: dense voxels slow down only the rays that pass near them).
+      majorant_block: block edge (voxels) of the local majorant grid.
+      dda_steps: blocks a lane may cross per transport iteration with local majorants.
+      forced_detection: :class:`ForcedDetection` to score the scatter images by forced detection
+        (:mod:`jaxdrr.scatter.forced_detection`), or None for the analog estimator (the reference).
+        The primary image stays analog either way.
     """
 
     sdd_mm: float = 1020.0
@@ -146,6 +162,10 @@ class MonteCarloConfig:
     grid: GridConfig | None = None
     majorant_margin: float = 1.02
     max_iterations: int = 1 << 30
+    tracking: str = "global"
+    majorant_block: int = 4
+    dda_steps: int = 16
+    forced_detection: ForcedDetection | None = None
 
     def __post_init__(self):
         if not isinstance(self.materials, MaterialConfig):
@@ -164,6 +184,16 @@ class MonteCarloConfig:
             raise JaxdrrError(f"lanes must be >= 1, got {self.lanes}")
         if not self.majorant_margin >= 1.0:
             raise JaxdrrError(f"majorant_margin must be >= 1, got {self.majorant_margin}")
+        if self.tracking not in TRACKING:
+            raise JaxdrrError(f"tracking must be one of {TRACKING}, got {self.tracking!r}")
+        if int(self.majorant_block) < 1 or int(self.dda_steps) < 1:
+            raise JaxdrrError(
+                f"majorant_block and dda_steps must be >= 1, got {self.majorant_block}, {self.dda_steps}"
+            )
+        if self.forced_detection is not None and not isinstance(self.forced_detection, ForcedDetection):
+            raise JaxdrrError(
+                f"forced_detection must be a ForcedDetection or None, got {type(self.forced_detection).__name__}"
+            )
 
 
 def _material_list(volume: Volume, config: MonteCarloConfig, materials) -> list:
@@ -179,8 +209,6 @@ def _material_list(volume: Volume, config: MonteCarloConfig, materials) -> list:
 
 
 def _densities(volume: Volume, config: MonteCarloConfig, num_materials: int):
-    from jaxdrr.render import material_densities
-
     if not isinstance(volume, Volume):
         raise VolumeError(f"expected a jaxdrr.Volume, got {type(volume).__name__}")
     if volume.kind == "hu":
@@ -267,20 +295,26 @@ def _pixel_cos3(M_inv, normal, height, width, sub: int = 4):
     return (cos**3).reshape(height, sub, width, sub).mean(axis=(1, 3))
 
 
-def _mu_table(material, density: float | None) -> tuple[np.ndarray, float]:
+def _mu_table(material, density_g_cm3: float | None) -> tuple[np.ndarray, float]:
     tab = xs_lib.tables_for([material])
-    if density is None:
-        density = material.density_g_cm3 if isinstance(material, Composition) else _nominal_density(material)
-    return tab.mu_total[0] * density * 0.1, density  # 1/mm on the energy grid
+    if density_g_cm3 is None:
+        density_g_cm3 = (
+            material.density_g_cm3 if isinstance(material, Composition) else nominal_density(material)
+        )
+    return tab.mu_total[0] * density_g_cm3 * 0.1, density_g_cm3  # 1/mm on the energy grid
 
 
-def _nominal_density(name: str) -> float:
-    from jaxdrr.physics.compositions import density
+def check_geometry(volume: Volume, P, config: MonteCarloConfig) -> None:
+    """Check that the volume lies between the source and the detector plane.
 
-    return density(name)
+    Args:
+      volume: the volume to transport through (its box corners are checked).
+      P: concrete 3x4 projection matrix; the source is its centre.
+      config: the Monte Carlo settings (``config.sdd_mm`` places the detector plane).
 
-
-def _check_geometry(volume: Volume, P, config: MonteCarloConfig) -> None:
+    Raises:
+      GeometryError: bad P, the volume reaching the detector plane, or lying far behind the source.
+    """
     P_np = check_projection_matrix(P)
     s = -np.linalg.solve(P_np[:, :3], P_np[:, 3])
     m3 = P_np[2, :3]
@@ -315,16 +349,18 @@ def prepare(
       (tables, geo, densities [V, M], opts, norm): ``norm`` [2, H, W] multiplies the raw (EI, PC)
       tallies of one history into renderer units: ``image = tally / photons * norm``.
     """
-    from jaxdrr.render import default_params
-
     config = config or MonteCarloConfig()
     height, width = check_detector(height, width)
     mats = _material_list(volume, config, materials)
     tables_np = xs_lib.tables_for(mats)
     dens = _densities(volume, config, len(mats))
     if is_concrete(P):
-        _check_geometry(volume, P, config)
-    params = params if params is not None else default_params()
+        check_geometry(volume, P, config)
+    if params is None:  # the renderer's default spectrum on its bins (jaxdrr.default_params())
+        spectrum = default_spectrum()
+        params = physics_params(
+            config.materials.table_names, spectrum.energies_keV, spectrum.photon_fractions
+        )
     energies, weights = params["energies"], params["spectrum"]
     if is_concrete(energies):
         xs_lib.check_energies(np.asarray(energies))
@@ -415,7 +451,45 @@ def prepare(
     norm = jnp.stack([n0 * e_mean / expected_ei, n0 / expected_pc])
     if volume.kind == "hu":
         opts["decompose"] = config.materials.density_channels
+    _variance_reduction(tables, geo, dens_vm, opts, volume, config)
     return tables, geo, dens_vm, opts, norm
+
+
+def _variance_reduction(tables, geo, dens_vm, opts, volume: Volume, config: MonteCarloConfig) -> None:
+    """Adds the local-majorant grid and the forced-detection arrays to ``geo`` / ``opts`` (in place)."""
+    decompose = opts.get("decompose")
+    stats = {}
+
+    def block_stats(block: int):
+        if block not in stats:
+            stats[block] = _block_statistics(dens_vm, tuple(volume.shape), block, decompose)
+        return stats[block]
+
+    if config.tracking == "local":
+        block = int(config.majorant_block)
+        geo["block_max"] = block_stats(block)[0]
+        opts.update(tracking="local", block=block, dda_steps=int(config.dda_steps))
+    fdc = config.forced_detection
+    if fdc is not None:
+        geo["fd"], fd_opts = fd_lib.prepare(
+            tables,
+            geo,
+            dens_vm,
+            shape=tuple(volume.shape),
+            spacing_mm=np.asarray(volume.spacing),
+            affine=volume.affine,
+            height=opts["height"],
+            width=opts["width"],
+            config=fdc,
+            decompose=decompose,
+            coarse=block_stats(int(fdc.cell_voxels))[1],
+        )
+        opts.update(fd_opts, forced_detection=True, event_scorer=fd_lib.score_events)
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "block", "decompose"))
+def _block_statistics(dens_vm, shape, block, decompose):
+    return majorants.block_statistics(dens_vm, shape, block, decompose)
 
 
 @functools.partial(jax.jit, static_argnames=("photons", "opts_items"))
@@ -503,4 +577,5 @@ def monte_carlo(
     out["photons"] = jnp.asarray(n, jnp.int32)
     for k in ("majorant_violations", "truncated", "iterations", "missed_detector"):
         out[k] = raw[k]
+    out["scatter_events"] = raw["scatter_events"]
     return out

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdrr.scatter import interactions as xs_lib
+from jaxdrr.scatter import majorants
 
 NUM_CLASSES = 4  # primary, single Compton, single Rayleigh, multiple
 TRIES = 2
@@ -85,6 +86,7 @@ def device_tables(tables: xs_lib.InteractionTables, dtype=jnp.float32) -> dict:
     return {
         "xs": jnp.asarray(xs, dtype),
         "s_norm": jnp.asarray(tables.s_norm, dtype),
+        "f2_norm": jnp.asarray(tables.f2_norm, dtype),  # forced detection's Rayleigh density
         "rayleigh_cdf": jnp.asarray(tables.rayleigh_cdf, dtype),
         "rayleigh_inverse": jnp.asarray(tables.rayleigh_inverse, dtype),
     }
@@ -105,8 +107,8 @@ def interp_rows(table, energy):
     return table[i] * (1.0 - t)[:, None] + table[i + 1] * t[:, None]
 
 
-def _interp_x(table, material, x):
-    """table [M, X] on the uniform x grid at (material [N], x [N]) -> [N], linear."""
+def interp_x(table, material, x):
+    """table [M, X] on the uniform x grid at (material, x) (broadcasting index arrays) -> linear."""
     u = jnp.clip(x / xs_lib.X_MAX_INV_A * (xs_lib.NUM_X - 1), 0.0, xs_lib.NUM_X - 1.0001)
     i = jnp.floor(u).astype(jnp.int32)
     t = u - i
@@ -133,6 +135,31 @@ def rotate(direction, cos_theta, phi):
     return out / jnp.linalg.norm(out, axis=-1, keepdims=True)
 
 
+def momentum_transfer(energy, cos_theta):
+    """x = sin(theta / 2) E / hc (1/Angstrom) of a deflection by theta at energy E (keV)."""
+    return energy / xs_lib.HC_KEV_A * jnp.sqrt(jnp.maximum(0.5 * (1.0 - cos_theta), 0.0))
+
+
+def compton_tau(energy, cos_theta):
+    """tau = E'/E of Compton scattering by theta off a free electron at rest."""
+    return 1.0 / (1.0 + energy / 510.99895 * (1.0 - cos_theta))
+
+
+def compton_angular_weight(tau, cos_theta):
+    """Klein-Nishina dsigma/dOmega in units of r_e^2 / 2: tau^2 (tau + 1/tau - sin^2 theta).
+
+    Times ``S(x)/Z`` it is (up to the per-energy normalisation of
+    :func:`jaxdrr.scatter.forced_detection.angular_normalisation`) the density per steradian that
+    :func:`sample_compton` samples.
+    """
+    return tau**2 * (tau + 1.0 / tau - (1.0 - cos_theta**2))
+
+
+def rayleigh_angular_weight(cos_theta):
+    """Thomson factor (1 + cos^2 theta) / 2: times F^2(x), the density :func:`sample_rayleigh` samples."""
+    return 0.5 * (1.0 + cos_theta**2)
+
+
 def sample_compton(tables, material, energy, u):
     """One Klein-Nishina x S(x)/Z rejection try per lane.
 
@@ -152,22 +179,21 @@ def sample_compton(tables, material, energy, u):
     cos_theta = jnp.clip(1.0 - (1.0 - tau) / (kappa * tau), -1.0, 1.0)
     # Remainder of the Klein-Nishina density after the 1/tau + tau mixture (PENELOPE eq. 2.31).
     kn = 1.0 - (1.0 - tau) * ((2.0 * kappa + 1.0) * tau - 1.0) / (kappa**2 * tau * (1.0 + tau**2))
-    x = energy / xs_lib.HC_KEV_A * jnp.sqrt(jnp.maximum(0.5 * (1.0 - cos_theta), 0.0))
-    s = _interp_x(tables["s_norm"], material, x)
+    s = interp_x(tables["s_norm"], material, momentum_transfer(energy, cos_theta))
     return u[:, 2] < kn * s, cos_theta, tau
 
 
 def sample_rayleigh(tables, material, energy, u):
     """One F^2 x Thomson rejection try per lane. u: uniforms [N, 2]. Returns (accepted, cos_theta)."""
     k = energy / xs_lib.HC_KEV_A  # x at theta = 180 degrees
-    c_max = _interp_x(tables["rayleigh_cdf"], material, k)
+    c_max = interp_x(tables["rayleigh_cdf"], material, k)
     p = u[:, 0] * c_max * (xs_lib.NUM_INVERSE - 1)
     i = jnp.clip(jnp.floor(p).astype(jnp.int32), 0, xs_lib.NUM_INVERSE - 2)
     t = p - i
     inv = tables["rayleigh_inverse"]
     x2 = inv[material, i] * (1.0 - t) + inv[material, i + 1] * t
     cos_theta = jnp.clip(1.0 - 2.0 * x2 / k**2, -1.0, 1.0)
-    return u[:, 1] < 0.5 * (1.0 + cos_theta**2), cos_theta
+    return u[:, 1] < rayleigh_angular_weight(cos_theta), cos_theta
 
 
 def _box_entry(source, direction, inv_a, inv_t, shape):
@@ -227,8 +253,34 @@ def _grid_weight(geo, grid, pos_hit, direction, energy, u):
     return jnp.exp(-(mu[:, 0] * frac + mu[:, 1] * (1.0 - frac)) * path)
 
 
+def detector_response(geo, opts, value, hit, direction, energy, u_grid):
+    """``value`` times the detector's response to photons crossing the detector plane.
+
+    The one place of the detector model, shared by the analog tally and forced detection: the
+    absorbed fraction ``1 - exp(-mu(E) t / cos)`` of :class:`DetectorAbsorption` (if
+    ``opts["detector_mu"]``) and the anti-scatter grid's transmission weight (if ``opts["grid"]``,
+    :func:`_grid_weight`).
+
+    Args:
+      value: [N] weights to multiply.
+      hit: [N, 3] crossing points on the detector plane (world mm).
+      direction: [N, 3] unit directions; energy: [N] keV; u_grid: [N] uniforms (grid entry offset).
+    """
+    un = direction @ geo["normal"]
+    if opts["detector_mu"]:
+        mu = interp_rows(geo["detector_mu"], energy)[:, 0]
+        value = value * -jnp.expm1(-mu * geo["detector_thickness_mm"] / jnp.maximum(un, 1e-6))
+    if opts["grid"]:
+        value = value * _grid_weight(geo, geo["grid"], hit, direction, energy, u_grid)
+    return value
+
+
 def _score(geo, opts, tally, photons: Photons, exiting, u_grid):
-    """Adds exiting photons to the detector images (flattened [2 * classes * H * W])."""
+    """Adds exiting photons to the detector images (flattened [2 * classes * H * W]).
+
+    With forced detection (``opts["forced_detection"]``) only unscattered photons are scored here:
+    the scatter images come from the forced-detection estimator alone.
+    """
     height, width = opts["height"], opts["width"]
     hw = height * width
     n = geo["normal"]
@@ -242,19 +294,17 @@ def _score(geo, opts, tally, photons: Photons, exiting, u_grid):
     col = jnp.floor(x + 0.5).astype(jnp.int32)
     row = jnp.floor(y + 0.5).astype(jnp.int32)
     ok &= (col >= 0) & (col < width) & (row >= 0) & (row < height) & (t >= 0)
-    value = photons.weight
-    if opts["detector_mu"]:
-        mu = interp_rows(geo["detector_mu"], photons.energy)[:, 0]
-        value = value * -jnp.expm1(-mu * geo["detector_thickness_mm"] / jnp.maximum(un, 1e-6))
-    if opts["grid"]:
-        value = value * _grid_weight(geo, geo["grid"], hit, photons.dir, photons.energy, u_grid)
+    value = detector_response(geo, opts, photons.weight, hit, photons.dir, photons.energy, u_grid)
     orders = photons.n_compton + photons.n_rayleigh
+    missed = jnp.sum(jnp.where(ok, 0, exiting.astype(jnp.int32)))
+    if opts.get("forced_detection", False):
+        ok &= orders == 0
     cls = jnp.where(orders == 0, 0, jnp.where(orders >= 2, 3, jnp.where(photons.n_compton == 1, 1, 2)))
     pix = jnp.where(ok, cls * hw + row * width + col, 0)
     value = jnp.where(ok, value, 0.0)
     idx = jnp.concatenate([pix, pix + NUM_CLASSES * hw])
     vals = jnp.concatenate([value * photons.energy, value])
-    return tally.at[idx].add(vals), jnp.sum(jnp.where(ok, 0, exiting.astype(jnp.int32)))
+    return tally.at[idx].add(vals), missed
 
 
 def _spawn(geo, opts, photons: Photons, emitted, budget, u):
@@ -293,6 +343,17 @@ def _spawn(geo, opts, photons: Photons, emitted, budget, u):
     ), emitted + n_new
 
 
+EVENT_FIELDS = 11  # pos (3), incoming dir (3), energy, weight, material, process, image class
+FD_KEY_TAG = 2**31 - 1  # fold_in tag of the forced-detection stream (iterations stay below 2^30)
+
+
+def event_capacity(lanes: int, batch: int) -> int:
+    """Rows of the interaction-event buffer: room for one iteration's events beyond a flush threshold
+    of max(lanes, batch), rounded up to whole scoring batches."""
+    cap = lanes + max(lanes, batch)
+    return -(-cap // batch) * batch
+
+
 def run(tables, geo, densities, key, *, photons: int, opts: dict):
     """Transports ``photons`` histories through the voxel volume and returns the raw tallies.
 
@@ -304,12 +365,24 @@ def run(tables, geo, densities, key, *, photons: int, opts: dict):
       key: PRNG key.
       photons: number of histories (static).
       opts: static options: height, width, shape (I, J, K), lanes, cutoff_keV, max_iterations,
-        detector_mu (bool), grid (bool), segment_steps, decompose (optional).
+        detector_mu (bool), grid (bool), segment_steps, decompose (optional); ``tracking``
+        ("global": one majorant per energy, ``geo["majorant"]``; "local": block majorants
+        ``geo["block_max"]``, see :mod:`jaxdrr.scatter.majorants`, with ``block`` and
+        ``dda_steps``); ``forced_detection`` (bool) with ``event_scorer`` (a function
+        ``(tables, geo, opts, events [B, EVENT_FIELDS], valid [B], key) -> [2, 3, H * W]``, e.g.
+        :func:`jaxdrr.scatter.forced_detection.score_events`) and ``fd_batch`` (B).
 
     Returns:
       dict: ``images`` [2, classes, H * W] (energy-integrating keV, photon-counting; weights summed),
       ``deposited`` [V] keV, and diagnostics (``iterations``, ``majorant_violations``,
-      ``truncated``, ``missed_detector``).
+      ``truncated``, ``missed_detector``, ``scatter_events``: real scatterings scored by forced
+      detection).
+
+    With forced detection every real Compton or Rayleigh interaction is written as an event row into
+    a buffer (compacted: only interacting lanes take rows); when the buffer is nearly full it is
+    scored in batches of ``fd_batch`` events by ``event_scorer`` (one dense [B, H * W] evaluation per
+    batch instead of a masked evaluation in every lane every iteration). The analog photon then goes
+    on as usual; the analog tally keeps only unscattered photons.
     """
     lanes = int(opts["lanes"])
     shape = opts["shape"]
@@ -317,6 +390,8 @@ def run(tables, geo, densities, key, *, photons: int, opts: dict):
     hw = opts["height"] * opts["width"]
     dtype = densities.dtype
     num_mat = tables["s_norm"].shape[0]
+    local = opts.get("tracking", "global") == "local"
+    forced = bool(opts.get("forced_detection", False))
     f32 = lambda *s: jnp.zeros(s, dtype)  # noqa: E731
     i32 = jnp.zeros((lanes,), jnp.int32)
     state0 = Photons(
@@ -331,32 +406,72 @@ def run(tables, geo, densities, key, *, photons: int, opts: dict):
         i32,
         i32,
     )
-    counters0 = jnp.zeros((4,), jnp.int32)  # emitted, iterations, violations, missed detector
+    # emitted, iterations, violations, missed detector, events in the buffer, flushes, events scored
+    counters0 = jnp.zeros((7,), jnp.int32)
+    if forced:
+        fd_batch = int(opts["fd_batch"])
+        capacity = event_capacity(lanes, fd_batch)
+        events0 = jnp.zeros((capacity, EVENT_FIELDS), dtype)
+        fd_key = jax.random.fold_in(key, FD_KEY_TAG)
+    else:
+        events0 = jnp.zeros((0, EVENT_FIELDS), dtype)
+
+    def score_buffer(events, count, flush_index):
+        """Forced-detection images [2, 3, H * W] of the first ``count`` buffered events."""
+        key_f = jax.random.fold_in(fd_key, flush_index)
+        n_batches = (count + fd_batch - 1) // fd_batch
+
+        def body(c):
+            b, acc = c
+            rows = jax.lax.dynamic_slice_in_dim(events, b * fd_batch, fd_batch, axis=0)
+            valid = b * fd_batch + jnp.arange(fd_batch) < count
+            part = opts["event_scorer"](tables, geo, opts, rows, valid, jax.random.fold_in(key_f, b))
+            return b + 1, acc + part
+
+        _, acc = jax.lax.while_loop(
+            lambda c: c[0] < n_batches, body, (jnp.int32(0), jnp.zeros((2, 3, hw), dtype))
+        )
+        return acc
+
+    def add_scatter(tally, images):
+        """Adds [2, 3, H * W] scatter images to the flattened tally's classes 1-3."""
+        return tally.reshape(2, NUM_CLASSES, hw).at[:, 1:].add(images).reshape(-1)
 
     def step(carry):
-        ph, tally, dose, counters = carry
+        ph, tally, dose, counters, events = carry
         emitted, it = counters[0], counters[1]
         u = jax.random.uniform(
             jax.random.fold_in(key, it), (lanes, NUM_UNIFORMS), dtype, minval=1e-12, maxval=1.0
         )
         ph, emitted = _spawn(geo, opts, ph, emitted, photons, u[:, 2:5])
-        # Flight (Woodcock).
         free = ph.alive & (ph.pending == 0)
-        majorant = jnp.maximum(interp_rows(geo["majorant"][:, None], ph.energy)[:, 0], 1e-9)
-        s = -jnp.log(u[:, 0]) / majorant
-        landing = ph.pos + s[:, None] * ph.dir
-        vox, inside = _voxel(landing, geo["inv_a"], geo["inv_t"], shape)
-        exiting = free & (ph.outside | ~inside)
+        xs = interp_rows(tables["xs"], ph.energy).reshape(lanes, num_mat, 3)
+        if local:
+            # Delta tracking across the block-majorant grid (jaxdrr.scatter.majorants).
+            fl = majorants.flight(
+                geo, opts, ph.pos, ph.dir, jnp.sum(xs, axis=-1), -jnp.log(u[:, 0]), free & ~ph.outside
+            )
+            majorant, landing, vox = fl.majorant, fl.pos, fl.voxel
+            exiting = free & (ph.outside | fl.exited)
+            landed = fl.landed
+        else:
+            # Woodcock tracking with one global majorant.
+            majorant = jnp.maximum(interp_rows(geo["majorant"][:, None], ph.energy)[:, 0], 1e-9)
+            s = -jnp.log(u[:, 0]) / majorant
+            landing = ph.pos + s[:, None] * ph.dir
+            vox, inside = _voxel(landing, geo["inv_a"], geo["inv_t"], shape)
+            exiting = free & (ph.outside | ~inside)
+            landed = free & ~exiting
         tally, missed = _score(geo, opts, tally, ph, exiting, u[:, 5])
         flying = free & ~exiting
         rho = densities[vox]  # [N, M], or [N, 1] HU decomposed here
         if opts.get("decompose") is not None:
             rho = opts["decompose"](rho[:, 0]).T
-        parts = interp_rows(tables["xs"], ph.energy).reshape(lanes, num_mat, 3) * rho[:, :, None]
+        parts = xs * rho[:, :, None]
         cum = jnp.cumsum(parts.reshape(lanes, 3 * num_mat), axis=-1)
         r = u[:, 1] * majorant
-        real = flying & (r < cum[:, -1])
-        violations = jnp.sum((flying & (cum[:, -1] > majorant * 1.0001)).astype(jnp.int32))
+        real = landed & (r < cum[:, -1])
+        violations = jnp.sum((landed & (cum[:, -1] > majorant * 1.0001)).astype(jnp.int32))
         sel = jnp.sum((cum <= r[:, None]).astype(jnp.int32), axis=-1)
         sel = jnp.minimum(sel, 3 * num_mat - 1)
         mat, process = sel // 3, sel % 3
@@ -366,6 +481,35 @@ def run(tables, geo, densities, key, *, photons: int, opts: dict):
         alive = ph.alive & ~exiting & ~photo
         pending = jnp.where(real & (process > 0), process, ph.pending)
         material = jnp.where(real, mat, ph.material)
+        count, flushes, scored = counters[4], counters[5], counters[6]
+        if forced:
+            # Record each real scattering (state before it) for forced detection; image class 1
+            # (single Compton), 2 (single Rayleigh) or 3 (multiple) by the order this scatter has.
+            new = real & (process > 0)
+            order_before = ph.n_compton + ph.n_rayleigh
+            cls = jnp.where(order_before == 0, process, 3)
+            rows = jnp.concatenate(
+                [
+                    pos,
+                    ph.dir,
+                    ph.energy[:, None],
+                    ph.weight[:, None],
+                    jnp.stack([mat, process, cls], -1).astype(dtype),
+                ],
+                axis=-1,
+            )
+            slot = jnp.where(new, count + jnp.cumsum(new.astype(jnp.int32)) - 1, events.shape[0])
+            events = events.at[slot].set(rows, mode="drop")
+            count = count + jnp.sum(new.astype(jnp.int32))
+
+            def flush(args):
+                tally, count, flushes, scored = args
+                tally = add_scatter(tally, score_buffer(events, count, flushes))
+                return tally, jnp.int32(0), flushes + 1, scored + count
+
+            tally, count, flushes, scored = jax.lax.cond(
+                count > events.shape[0] - lanes, flush, lambda a: a, (tally, count, flushes, scored)
+            )
         # Interaction sampling: TRIES rejection tries per iteration; rejected lanes stay pending.
         interacting = alive & (pending > 0)
         is_c = pending == 1
@@ -403,21 +547,23 @@ def run(tables, geo, densities, key, *, photons: int, opts: dict):
             ph.n_compton + (scat & is_c).astype(jnp.int32),
             ph.n_rayleigh + (scat & ~is_c).astype(jnp.int32),
         )
-        counters = jnp.stack([emitted, it + 1, counters[2] + violations, counters[3] + missed])
-        return ph, tally, dose, counters
+        counters = jnp.stack(
+            [emitted, it + 1, counters[2] + violations, counters[3] + missed, count, flushes, scored]
+        )
+        return ph, tally, dose, counters, events
 
     def busy(ph, counters):
         return ((counters[0] < photons) | jnp.any(ph.alive)) & (counters[1] < opts["max_iterations"])
 
     def segment(carry):
-        ph, sums, comps, counters = carry
+        ph, sums, comps, counters, events = carry
         tally0 = jnp.zeros((2 * NUM_CLASSES * hw,), dtype)
         dose0 = jnp.zeros((num_vox,), dtype)
         # At most segment_steps iterations between flushes (float32 partial sums stay small), and
         # none after the last history has ended.
         stop = counters[1] + opts.get("segment_steps", SEGMENT_STEPS)
-        ph, tally, dose, counters = jax.lax.while_loop(
-            lambda c: busy(c[0], c[3]) & (c[3][1] < stop), step, (ph, tally0, dose0, counters)
+        ph, tally, dose, counters, events = jax.lax.while_loop(
+            lambda c: busy(c[0], c[3]) & (c[3][1] < stop), step, (ph, tally0, dose0, counters, events)
         )
         new_sums, new_comps = [], []
         for total, comp, part in zip(sums, comps, (tally, dose), strict=True):
@@ -425,19 +571,26 @@ def run(tables, geo, densities, key, *, photons: int, opts: dict):
             t = total + y
             new_comps.append((t - total) - y)
             new_sums.append(t)
-        return ph, tuple(new_sums), tuple(new_comps), counters
+        return ph, tuple(new_sums), tuple(new_comps), counters, events
 
     def unfinished(carry):
         return busy(carry[0], carry[3])
 
     zeros = (jnp.zeros((2 * NUM_CLASSES * hw,), dtype), jnp.zeros((num_vox,), dtype))
-    ph, sums, _, counters = jax.lax.while_loop(unfinished, segment, (state0, zeros, zeros, counters0))
+    ph, sums, _, counters, events = jax.lax.while_loop(
+        unfinished, segment, (state0, zeros, zeros, counters0, events0)
+    )
+    images = sums[0]
+    if forced:
+        # The events still in the buffer when the last history ended.
+        images = add_scatter(images, score_buffer(events, counters[4], counters[5]))
     return {
-        "images": sums[0].reshape(2, NUM_CLASSES, hw),
+        "images": images.reshape(2, NUM_CLASSES, hw),
         "deposited": sums[1],
         "emitted": counters[0],
         "iterations": counters[1],
         "majorant_violations": counters[2],
         "missed_detector": counters[3],
+        "scatter_events": counters[6] + counters[4],
         "truncated": jnp.sum(ph.alive.astype(jnp.int32)),
     }

@@ -1,6 +1,6 @@
 """Trains the scatter ConvNet (:mod:`jaxdrr.models.scatter_net`) on Monte Carlo data.
 
-Data: ``python -m jaxdrr.models.scatter_data`` (``runs/scatter_data/{train,test}``). Samples whose
+Data: ``python -m jaxdrr.training.scatter_data`` (``runs/scatter_data/{train,test}``). Samples whose
 index is a multiple of :data:`VAL_EVERY` are held out of training for model selection; the
 ``test`` split (many more photons per image, two independent halves) is only evaluated at export.
 
@@ -13,8 +13,8 @@ gives the mirrored scatter; the grid's septa stay along image y).
 Resumable: ``run_dir/checkpoint.msgpack`` (weights, optimiser state, step; atomic) every
 ``--every`` steps; ``log.jsonl`` per evaluation; ``best.msgpack`` at the best validation loss.
 
-    python -m jaxdrr.models.train_scatter --data runs/scatter_data --run-dir runs/scatter --steps 4000
-    python -m jaxdrr.models.train_scatter --data runs/scatter_data --run-dir runs/scatter \
+    python -m jaxdrr.training.train_scatter --data runs/scatter_data --run-dir runs/scatter --steps 4000
+    python -m jaxdrr.training.train_scatter --data runs/scatter_data --run-dir runs/scatter \
         --export jaxdrr/models/weights/scatter_default
 """
 
@@ -31,7 +31,9 @@ import numpy as np
 import optax
 from flax import serialization
 
-from jaxdrr.models import scatter_data, scatter_net
+from jaxdrr.atomic import write_bytes, write_json, write_npz, write_text
+from jaxdrr.models import scatter_net
+from jaxdrr.training import scatter_data
 
 VAL_EVERY = 10
 SHADOW_T = 0.8  # "inside the object shadow": primary transmission below this
@@ -144,12 +146,6 @@ def _flip(batch, rng):
     return out
 
 
-def _save_atomic(path: Path, blob: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(path)
-
-
 def train(args) -> None:
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -167,10 +163,10 @@ def train(args) -> None:
     if ckpt.exists():
         state = serialization.from_bytes(state, ckpt.read_bytes())
         print(f"resumed at step {int(state['step'])}")
-    (run / "config.json").write_text(
-        json.dumps(
-            {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "train": n}, indent=2
-        )
+    write_json(
+        run / "config.json",
+        {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "train": n},
+        indent=2,
     )
 
     @jax.jit
@@ -201,10 +197,10 @@ def train(args) -> None:
             losses = []
             if val < best:
                 best = val
-                _save_atomic(run / "best.msgpack", serialization.to_bytes(weights))
+                write_bytes(run / "best.msgpack", serialization.to_bytes(weights))
                 rec["best"] = True
             state = {"weights": weights, "opt": opt_state, "step": step, "best": best}
-            _save_atomic(ckpt, serialization.to_bytes(state))
+            write_bytes(ckpt, serialization.to_bytes(state))
             with open(run / "log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
             print(json.dumps(rec), flush=True)
@@ -240,13 +236,13 @@ def export(args) -> None:
     record = {
         "step": best["step"],
         "seed": run_config["seed"],
-        "command": "python -m jaxdrr.models.train_scatter "
+        "command": "python -m jaxdrr.training.train_scatter "
         + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in run_config.items()
             if k in ("data", "run_dir", "steps", "batch", "lr", "seed", "widths")
         ),
-        "data_command": "runs/scatter_data/run.sh (python -m jaxdrr.models.scatter_data ...)",
+        "data_command": "runs/scatter_data/run.sh (python -m jaxdrr.training.scatter_data ...)",
         "data_budget": budget,
         "validation": evaluate(weights, config, val),
         "heldout": evaluate(weights, config, test, halves=True),
@@ -263,11 +259,9 @@ def export(args) -> None:
     }
     target = Path(args.heldout)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_suffix(".tmp"), "wb") as f:
-        np.savez_compressed(f, **heldout)
-    target.with_suffix(".tmp").replace(target)
+    target = write_npz(target, **heldout)
     log_copy = Path(args.export).with_name(Path(args.export).name + "_log.jsonl")
-    log_copy.write_text((run / "log.jsonl").read_text())
+    write_text(log_copy, (run / "log.jsonl").read_text())
     print(json.dumps(record["heldout"], indent=1))
     print(f"wrote {out}, {target}, {log_copy}")
 

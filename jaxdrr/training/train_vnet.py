@@ -2,8 +2,8 @@
 
 Not imported by the runtime. Run (background, resumable; re-running the same command resumes)::
 
-    python -m jaxdrr.models.train_vnet --run-dir runs/vnet --steps 3000
-    python -m jaxdrr.models.train_vnet --run-dir runs/vnet --export jaxdrr/models/weights/vnet_default
+    python -m jaxdrr.training.train_vnet --run-dir runs/vnet --steps 3000
+    python -m jaxdrr.training.train_vnet --run-dir runs/vnet --export jaxdrr/models/weights/vnet_default
 
 Data: every training patch is a fresh :func:`jaxdrr.phantoms.synthetic.synthetic_ct` (random
 region, anatomy and scanner) whose seed is a function of (run seed, step, batch index), so a
@@ -38,7 +38,9 @@ import numpy as np
 import optax
 from flax import serialization
 
+from jaxdrr.atomic import write_bytes, write_json
 from jaxdrr.models import vnet
+from jaxdrr.phantoms import synthetic
 
 VAL_SEED_BASE = 10_000_000  # validation seeds: VAL_SEED_BASE + i, never used for training
 TRAIN_SEED_STRIDE = 1_000
@@ -72,8 +74,6 @@ class TrainConfig:
 
 def training_sample(seed: int, patch: int, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """One augmented (hu [p, p, p], fractions [p, p, p, classes]) training pair."""
-    from jaxdrr.phantoms import synthetic
-
     ct = synthetic.synthetic_ct(seed, shape=(patch, patch, patch), spacing_mm=(spacing_mm,) * 3)
     rng = np.random.default_rng([seed, 7])
     hu = ct.hu
@@ -112,8 +112,6 @@ class Prefetcher:
 
 
 def validation_set(count: int, shape: int, spacing_mm: float):
-    from jaxdrr.phantoms import synthetic
-
     out = []
     for i in range(count):
         ct = synthetic.synthetic_ct(
@@ -212,20 +210,11 @@ def make_optimizer(config: TrainConfig):
 # Checkpoints and log (atomic writes)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def save_checkpoint(run_dir: Path, step: int, weights, opt_state, best: dict | None) -> None:
     state = {"weights": weights, "opt_state": opt_state}
     blob = serialization.to_bytes(jax.tree.map(np.asarray, state))
-    _atomic_write(run_dir / "checkpoint.msgpack", blob)
-    _atomic_write(run_dir / "checkpoint.json", json.dumps({"step": step, "best": best}).encode())
+    write_bytes(run_dir / "checkpoint.msgpack", blob)
+    write_json(run_dir / "checkpoint.json", {"step": step, "best": best})
 
 
 def load_checkpoint(run_dir: Path, weights, opt_state):
@@ -259,7 +248,7 @@ def train(config: TrainConfig, run_dir: Path) -> None:
         if saved != json.loads(json.dumps(dataclasses.asdict(config))):
             raise SystemExit(f"{cfg_path} differs from this command's configuration; use another --run-dir")
     else:
-        _atomic_write(cfg_path, json.dumps(dataclasses.asdict(config), indent=2).encode())
+        write_json(cfg_path, dataclasses.asdict(config), indent=2)
     net = config.network()
     opt = make_optimizer(config)
     weights = vnet.init_weights(net, seed=config.seed)
@@ -307,10 +296,10 @@ def train(config: TrainConfig, run_dir: Path) -> None:
             )
             if best is None or score > best["selection_score"]:
                 best = {"step": done, "selection_score": score, "val": scores}
-                _atomic_write(
+                write_bytes(
                     run_dir / "best.msgpack", serialization.to_bytes(jax.tree.map(np.asarray, weights))
                 )
-                _atomic_write(run_dir / "best.json", json.dumps(best).encode())
+                write_json(run_dir / "best.json", best)
         if done % config.checkpoint_every == 0 or done == config.steps:
             save_checkpoint(run_dir, done, weights, opt_state, best)
 
@@ -343,7 +332,7 @@ def export(run_dir: Path, out: Path, which: str = "best") -> None:
             "shape": config.val_shape,
             **scores,
         },
-        "command": f"python -m jaxdrr.models.train_vnet --run-dir {run_dir} --export {out}",
+        "command": f"python -m jaxdrr.training.train_vnet --run-dir {run_dir} --export {out}",
     }
     vnet.save_weights(out, weights, net, record)
     print(json.dumps(record["validation"], indent=2))

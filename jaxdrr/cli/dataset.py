@@ -1,5 +1,7 @@
 """``jaxdrr dataset``: generate (or resume) a dataset from a spec; ``jaxdrr dataset init SPEC``.
 
+    jaxdrr dataset --config SPEC --out DIR      (jaxdrr dataset init SPEC: an example spec)
+
 On a CPU machine, ``--workers N`` runs N local worker processes pinned to their share of the
 cores (one JAX process keeps about one core busy with the projector), splits the shards between
 them and finalises the dataset when all are done.
@@ -16,15 +18,23 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+from jaxdrr.cli.common import HelpFormatter, check_input_file, check_writable_dir
+from jaxdrr.errors import JaxdrrError
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds the ``dataset`` sub-command to an ``argparse`` sub-parser collection."""
+    p = subparsers.add_parser(
         "dataset",
         help="generate a synthetic X-ray dataset from a spec (resumable, multi-process); "
         "'jaxdrr dataset init SPEC' writes an example spec",
         description="Generate (or resume) a dataset: jaxdrr dataset --config SPEC --out DIR. "
-        "Write a runnable example spec with: jaxdrr dataset init SPEC.toml",
+        "Write a runnable example spec with: jaxdrr dataset init SPEC.toml. The CTs (files or "
+        "built-in phantoms with their seed and grid) are named in the spec, which the dataset "
+        "records (spec.json, manifest.json).",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("action", nargs="?", choices=["init"], help="'init': write an example spec to SPEC_PATH")
     p.add_argument("spec_path", nargs="?", help="with 'init': where to write the example spec (.toml)")
@@ -35,7 +45,7 @@ def add_parser(sub) -> None:
         choices=["auto", "on", "off"],
         default="auto",
         help="initialise jax.distributed: 'auto' when SLURM/Open MPI/Kubernetes/JAX_COORDINATOR_ADDRESS "
-        "name several processes, or when --coordinator is given (default auto)",
+        "name several processes, or when --coordinator is given (default: auto)",
     )
     p.add_argument("--coordinator", help="HOST:PORT of process 0 (single-machine multi-process runs)")
     p.add_argument("--num-processes", type=int, help="number of processes (with --coordinator)")
@@ -52,6 +62,7 @@ def add_parser(sub) -> None:
     # Internal: set by --workers for its children.
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.add_argument("--worker-cpus", help=argparse.SUPPRESS)
+    return p
 
 
 def _cluster_process_count() -> int:
@@ -69,7 +80,7 @@ def initialize_distributed(args) -> None:
 
     explicit = args.coordinator is not None
     if explicit and (args.num_processes is None or args.process_id is None):
-        raise SystemExit("jaxdrr dataset: --coordinator needs --num-processes and --process-id")
+        raise JaxdrrError("--coordinator needs --num-processes and --process-id")
     if args.distributed == "off" or (
         args.distributed == "auto" and not explicit and _cluster_process_count() < 2
     ):
@@ -83,32 +94,30 @@ def initialize_distributed(args) -> None:
 
 
 def run(args) -> int:
-    from jaxdrr.datasets.spec import write_example_spec
+    """Runs ``jaxdrr dataset``; returns the process exit code."""
+    # The dataset stack is imported here, when the command runs (it is not needed by the others).
+    from jaxdrr.datasets import write_example_spec
 
     if args.action == "init":
         if not args.spec_path:
-            print(
-                "jaxdrr dataset init: give the path of the spec to write, e.g. pelvis.toml", file=sys.stderr
-            )
-            return 2
+            raise JaxdrrError("init: give the path of the spec to write, e.g. pelvis.toml")
+        check_writable_dir(Path(args.spec_path).parent, f"spec {args.spec_path!r}")
         path = write_example_spec(args.spec_path)
         print(f"wrote {path}; generate it with: jaxdrr dataset --config {path} --out data/")
         return 0
     if not args.config or not args.out:
-        print(
-            "jaxdrr dataset: give --config SPEC and --out DIR (or: jaxdrr dataset init SPEC)", file=sys.stderr
-        )
-        return 2
-    from jaxdrr.datasets.spec import load_spec
+        raise JaxdrrError("give --config SPEC and --out DIR (or: jaxdrr dataset init SPEC)")
+    from jaxdrr.datasets import load_spec
 
+    check_input_file(args.config, "--config", suffixes=(".toml", ".yaml", ".yml"))
     spec = load_spec(args.config)  # validate before starting anything distributed
+    # Permissions and a file in the way are found now, not after the first shard was rendered.
+    check_writable_dir(args.out, f"--out {args.out!r}")
     if args.workers < 1:
-        print("jaxdrr dataset: --workers must be >= 1", file=sys.stderr)
-        return 2
+        raise JaxdrrError("--workers must be >= 1")
     if args.workers > 1 and args.worker_index is None:
         if args.coordinator is not None:
-            print("jaxdrr dataset: --workers and --coordinator exclude each other", file=sys.stderr)
-            return 2
+            raise JaxdrrError("--workers and --coordinator exclude each other")
         return run_local_workers(args, spec)
     if args.worker_cpus:  # before JAX starts its thread pools, which size themselves from it
         os.sched_setaffinity(0, {int(c) for c in args.worker_cpus.split(",")})
@@ -117,8 +126,7 @@ def run(args) -> int:
         share = dict(process_index=args.worker_index, process_count=args.workers, write_final=False)
     else:
         initialize_distributed(args)
-    from jaxdrr.datasets.generate import generate
-    from jaxdrr.datasets.store import DatasetWriteError
+    from jaxdrr.datasets import DatasetWriteError, generate
 
     try:
         report = generate(spec, args.out, progress=not args.no_progress, **share)
@@ -158,7 +166,7 @@ def run_local_workers(args, spec) -> int:
     ``s % N == i``); this process waits for them and writes the manifest and COCO file. If a child
     fails, the others are stopped; rerunning resumes.
     """
-    from jaxdrr.datasets.generate import finalize
+    from jaxdrr.datasets import finalize
 
     base = [sys.executable, "-m", "jaxdrr", "dataset", "--config", args.config, "--out", args.out]
     children = []

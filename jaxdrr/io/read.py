@@ -1,6 +1,6 @@
-"""Reading CT volumes and writing rendered images.
+"""Reading CT volumes: NIfTI files and DICOM series as HU volumes with a RAS+ affine.
 
-Reading: :func:`load_volume` turns a NIfTI file or a DICOM CT series directory into a
+:func:`load_volume` turns a NIfTI file or a DICOM CT series directory into a
 :class:`~jaxdrr.volume.Volume` of Hounsfield units (``kind="hu"``) whose affine maps voxel-centre
 indices to **RAS+** world millimetres.
 
@@ -24,20 +24,12 @@ Array axis order of loaded volumes
       translation:                P_first
 
   and the RAS affine is the LPS one with its first two rows negated.
-
-Writing: :func:`save_image` (PNG 8/16-bit, TIFF 16-bit/float32, NPY) and :func:`save_npz` /
-:func:`load_npz` (the render bundle: image, 3x4 ``P``, height, width, metadata). All writes are
-atomic: the file is written to a temporary file in the destination directory and moved into place
-with :func:`os.replace`, so a crash never leaves a half-written output under the final name.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import os
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,16 +39,7 @@ import numpy as np
 from jaxdrr.errors import LoadError, VolumeError
 from jaxdrr.volume import Volume
 
-__all__ = [
-    "load_volume",
-    "load_nifti",
-    "load_dicom_series",
-    "volume_info",
-    "format_volume_info",
-    "save_image",
-    "save_npz",
-    "load_npz",
-]
+__all__ = ["load_volume", "load_nifti", "load_dicom_series"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Other single-file formats nibabel reads with a usable affine.
@@ -68,11 +51,6 @@ SLICE_SPACING_REL_TOL = 0.01
 SLICE_SPACING_ABS_TOL_MM = 0.01
 ORIENTATION_TOL = 1e-4
 PIXEL_SPACING_TOL_MM = 1e-4
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------------
 
 
 def load_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
@@ -430,312 +408,3 @@ def _slice_hu(s: _Slice) -> np.ndarray:
     intercept = float(s.dataset.get("RescaleIntercept", 0.0) or 0.0)
     hu = pixels.astype(np.float64) * slope + intercept
     return hu.astype(np.float32).T  # [rows, columns] -> [column index, row index]
-
-
-# --------------------------------------------------------------------------------------------------
-# Information
-# --------------------------------------------------------------------------------------------------
-
-
-def volume_info(volume: Volume) -> dict[str, Any]:
-    """Summary of a volume for display and sanity checks.
-
-    Args:
-      volume: a Volume (HU or density).
-
-    Returns:
-      A dict with ``shape`` (I, J, K), ``spacing_mm``, ``kind``, ``channels``, ``min``, ``max``,
-      ``mean`` (of the voxel values: HU for ``kind="hu"``), ``world_min_mm`` / ``world_max_mm``
-      (the world box of the voxel boundaries), ``center_mm``, ``orientation`` (nibabel axis codes
-      of the affine, e.g. ``("R", "A", "S")``: the direction each index axis points to) and
-      ``affine`` (4x4 nested lists).
-    """
-    import nibabel as nib
-
-    data = np.asarray(volume.data)
-    lo, hi = volume.world_bounds()
-    return {
-        "shape": tuple(int(n) for n in volume.shape),
-        "spacing_mm": tuple(float(s) for s in volume.spacing),
-        "kind": volume.kind,
-        "channels": tuple(volume.channel_names),
-        "min": float(data.min()),
-        "max": float(data.max()),
-        "mean": float(data.mean(dtype=np.float64)),
-        "world_min_mm": tuple(float(v) for v in lo),
-        "world_max_mm": tuple(float(v) for v in hi),
-        "center_mm": tuple(float(v) for v in volume.center),
-        "orientation": tuple(nib.aff2axcodes(volume.affine)),
-        "affine": volume.affine.tolist(),
-    }
-
-
-def format_volume_info(volume_or_info: Volume | dict, name: str | None = None) -> str:
-    """Human-readable multi-line summary (used by ``jaxdrr info``).
-
-    Args:
-      volume_or_info: a Volume or the dict returned by :func:`volume_info`.
-      name: optional title (e.g. the file name).
-
-    Returns:
-      The text, without a trailing newline.
-    """
-    info = volume_info(volume_or_info) if isinstance(volume_or_info, Volume) else volume_or_info
-    unit = "HU" if info["kind"] == "hu" else "g/cm^3"
-
-    def vec(v, fmt="{:.2f}"):
-        return "(" + ", ".join(fmt.format(x) for x in v) + ")"
-
-    extent = [b - a for a, b in zip(info["world_min_mm"], info["world_max_mm"])]
-    lines = [] if name is None else [str(name)]
-    lines += [
-        f"  kind:        {info['kind']}"
-        + (f" channels {list(info['channels'])}" if info["channels"] else ""),
-        f"  shape:       {vec(info['shape'], '{:d}')} voxels",
-        f"  spacing:     {vec(info['spacing_mm'], '{:.4g}')} mm",
-        f"  orientation: {''.join(info['orientation'])} (index axes point to, RAS+ world)",
-        f"  world box:   {vec(info['world_min_mm'])} .. {vec(info['world_max_mm'])} mm",
-        f"  extent:      {vec(extent, '{:.1f}')} mm, centre {vec(info['center_mm'])} mm",
-        f"  values:      min {info['min']:.4g}, max {info['max']:.4g}, mean {info['mean']:.4g} {unit}",
-    ]
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yields a temporary path next to ``path``; on success moves it onto ``path``, else deletes it."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise FileNotFoundError(f"output directory does not exist: {str(directory)!r}")
-    suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
-    # Not tempfile.mkstemp: its 0600 mode would end up on the final file. os.open with 0666 lets
-    # the umask decide, as for any newly created file; O_EXCL guarantees the name is ours.
-    tmp = directory / f".{path.name}.{uuid.uuid4().hex}.tmp{suffix}"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _check_finite(image: np.ndarray, what: str) -> None:
-    bad = ~np.isfinite(image)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{what} has {int(bad.sum())} non-finite value(s) (NaN/Inf), first at "
-            f"index {first}; refusing to write it"
-        )
-
-
-def _window_to_unit(image: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
-    """Maps ``window = (low, high)`` (or the image min..max) linearly to [0, 1], clipping."""
-    if window is None:
-        low, high = float(image.min()), float(image.max())
-    else:
-        low, high = (float(v) for v in window)
-        if not (np.isfinite(low) and np.isfinite(high) and high > low):
-            raise ValueError(f"window must be (low, high) with finite low < high, got {window}")
-    if high <= low:  # constant image: write all zeros rather than dividing by zero
-        return np.zeros_like(image, dtype=np.float64)
-    return np.clip((image.astype(np.float64) - low) / (high - low), 0.0, 1.0)
-
-
-def _quantise(unit: np.ndarray, bit_depth: int) -> np.ndarray:
-    dtype = np.uint8 if bit_depth == 8 else np.uint16
-    top = np.iinfo(dtype).max
-    return np.round(unit * top).astype(dtype)
-
-
-def save_image(
-    path: str | os.PathLike,
-    image,
-    *,
-    bit_depth: int | str | None = None,
-    window: tuple[float, float] | None = None,
-) -> Path:
-    """Writes a 2-D image, choosing the format from the file extension (atomic write).
-
-    Integer outputs (8/16 bit) store ``round(u * (2^bits - 1))`` with ``u`` in [0, 1]:
-    ``u = clip((image - low) / (high - low), 0, 1)`` for ``window=(low, high)``; without a window
-    the image's own min..max is used (a constant image becomes all zeros). Pass ``window=(0, 1)``
-    for an image that is already windowed to [0, 1] (e.g. from :mod:`jaxdrr.display`).
-    ``bit_depth="float"`` stores float32: the raw values, or the windowed [0, 1] values when a
-    window is given.
-
-    Args:
-      path: ``.png`` (bit depth 8 or 16, default 16), ``.tif``/``.tiff`` (8, 16 or "float",
-        default "float") or ``.npy`` (default "float"; 8/16 store the quantised integers).
-      image: array [H, W] (row = image y), finite.
-      bit_depth: 8, 16 or "float"; None picks the format's default.
-      window: optional ``(low, high)`` display window, see above.
-
-    Returns:
-      The written path.
-
-    Raises:
-      ValueError: unknown extension, unsupported bit depth for the format, not 2-D, non-finite.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    formats = {
-        ".png": (16, (8, 16)),
-        ".tif": ("float", (8, 16, "float")),
-        ".tiff": ("float", (8, 16, "float")),
-        ".npy": ("float", (8, 16, "float")),
-    }
-    if suffix not in formats:
-        raise ValueError(
-            f"cannot tell the image format of {str(path)!r}: use .png, .tif/.tiff or "
-            ".npy (and save_npz for the render bundle)"
-        )
-    default, allowed = formats[suffix]
-    bit_depth = default if bit_depth is None else bit_depth
-    if bit_depth not in allowed:
-        raise ValueError(
-            f"bit_depth {bit_depth!r} is not supported for {suffix} files; choose one of {allowed}"
-        )
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"save_image expects a 2-D image [H, W], got shape {image.shape}")
-    _check_finite(image, f"image for {str(path)!r}")
-
-    if bit_depth == "float":
-        out = image if window is None else _window_to_unit(image, window)
-        out = out.astype(np.float32)
-    else:
-        out = _quantise(_window_to_unit(image, window), int(bit_depth))
-
-    with _atomic_path(path) as tmp:
-        if suffix == ".png":
-            from PIL import Image
-
-            Image.fromarray(out).save(tmp, format="PNG")
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
-
-            tifffile.imwrite(tmp, out)
-        else:
-            with open(tmp, "wb") as f:
-                np.save(f, out, allow_pickle=False)
-    return path
-
-
-_BUNDLE_KEYS = ("image", "P", "height", "width")
-_JSON_KEYS_FIELD = "__json_keys__"
-
-
-def _json_default(obj):
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, np.ndarray) or hasattr(obj, "__array__"):
-        return np.asarray(obj).tolist()
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in the npz metadata (not JSON-serialisable)")
-
-
-def save_npz(path: str | os.PathLike, image, P, **metadata) -> Path:
-    """Writes the render output bundle as an ``.npz`` (atomic write).
-
-    Stored keys: ``image`` (as given, float32 for floating images), ``P`` (float64, [..., 3, 4]),
-    ``height`` and ``width`` (ints, the last two image axes) and one key per metadata item.
-    Numeric metadata (numbers, arrays, nested lists of numbers) is stored as an array; strings as a
-    string array; anything else (dicts, dataclasses such as a RenderConfig, mixed lists) as a JSON
-    string, listed in the ``__json_keys__`` entry so that :func:`load_npz` decodes it again.
-
-    Args:
-      path: the output file (``.npz`` is appended by nothing: name it as you want it).
-      image: the rendered image [..., H, W]; must be finite.
-      P: the projection matrix/matrices [..., 3, 4]; must be finite.
-      **metadata: e.g. ``K=..., pose=..., config={...}``.
-
-    Returns:
-      The written path.
-    """
-    path = Path(path)
-    image = np.asarray(image)
-    if image.ndim < 2:
-        raise ValueError(f"save_npz expects an image [..., H, W], got shape {image.shape}")
-    _check_finite(image, "image")
-    if np.issubdtype(image.dtype, np.floating):
-        image = image.astype(np.float32)
-    P = np.asarray(P, dtype=np.float64)
-    if P.shape[-2:] != (3, 4):
-        raise ValueError(f"P must be a 3x4 projection matrix (or [..., 3, 4]), got shape {P.shape}")
-    _check_finite(P, "P")
-
-    arrays: dict[str, np.ndarray] = {
-        "image": image,
-        "P": P,
-        "height": np.asarray(image.shape[-2], dtype=np.int64),
-        "width": np.asarray(image.shape[-1], dtype=np.int64),
-    }
-    json_keys = []
-    for key, value in metadata.items():
-        if key in _BUNDLE_KEYS or key in (_JSON_KEYS_FIELD, "file", "allow_pickle"):
-            raise ValueError(f"metadata key {key!r} is reserved in the npz bundle; rename it")
-        if isinstance(value, str):
-            arrays[key] = np.asarray(value)
-            continue
-        try:
-            candidate = np.asarray(value)
-        except Exception:
-            candidate = None
-        if candidate is not None and candidate.dtype.kind in "biufc":
-            arrays[key] = candidate
-        else:
-            arrays[key] = np.asarray(json.dumps(value, default=_json_default))
-            json_keys.append(key)
-    arrays[_JSON_KEYS_FIELD] = np.asarray(json.dumps(json_keys))
-
-    with _atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-    return path
-
-
-def load_npz(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a bundle written by :func:`save_npz`.
-
-    Args:
-      path: the ``.npz`` file.
-
-    Returns:
-      A dict with ``image`` and ``P`` (arrays), ``height`` and ``width`` (ints), array metadata as
-      arrays, string metadata as ``str`` and JSON metadata decoded (dicts/lists).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"npz file does not exist: {str(path)!r}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            raw = {key: npz[key] for key in npz.files}
-    except Exception as exc:
-        raise LoadError(f"cannot read npz file {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-    missing = [k for k in _BUNDLE_KEYS if k not in raw]
-    if missing:
-        raise LoadError(f"{str(path)!r} is not a jaxdrr render bundle: missing {missing}")
-    json_keys = set(json.loads(str(raw.pop(_JSON_KEYS_FIELD)))) if _JSON_KEYS_FIELD in raw else set()
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in ("height", "width"):
-            out[key] = int(value)
-        elif key in json_keys:
-            out[key] = json.loads(str(value))
-        elif value.dtype.kind == "U" and value.ndim == 0:
-            out[key] = str(value)
-        else:
-            out[key] = value
-    return out

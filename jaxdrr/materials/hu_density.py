@@ -4,13 +4,14 @@ Both live in the :data:`HU_TO_DENSITY` registry, keyed by the names that
 :attr:`jaxdrr.materials.MaterialConfig.hu_to_density` accepts. They are pure ``jax.numpy`` functions
 of HU alone (no material knowledge), so they work under ``jit``/``vmap``/``grad``.
 
-CT numbers saturate at 3071 HU (12-bit storage), so neither curve can give the density of metal:
-channels of metal use the metal's nominal density instead (see :mod:`jaxdrr.materials.densities`).
+:func:`channel_densities` is the one place fractions become per-channel densities. CT numbers
+saturate at 3071 HU (12-bit storage), so neither curve can give the density of metal: channels of
+metal use the metal's nominal density instead (see :mod:`jaxdrr.materials.decomposition`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -74,3 +75,29 @@ def check_hu_to_density(method: str) -> str:
 def hu_to_density(hu: jax.Array, method: str = DEFAULT_HU_TO_DENSITY) -> jax.Array:
     """HU -> density (g/cm^3) with a method from :data:`HU_TO_DENSITY`."""
     return HU_TO_DENSITY[check_hu_to_density(method)](hu)
+
+
+def channel_densities(
+    hu: jax.Array,
+    fractions: jax.Array,
+    method: str = DEFAULT_HU_TO_DENSITY,
+    nominal_densities: Sequence[float | None] | None = None,
+) -> jax.Array:
+    """Per-channel densities [M, ...] (g/cm^3): ``fraction_m * density(HU)``, or
+    ``fraction_m * nominal_m`` for the channels given a nominal density (metal).
+
+    Args:
+      hu: Hounsfield units [...].
+      fractions: material fractions [M, ...].
+      method: HU -> density method (key of :data:`HU_TO_DENSITY`), static.
+      nominal_densities: per channel a nominal density (g/cm^3) used instead of density(HU), or
+        None; None (the default) for none at all.
+
+    Returns:
+      Densities [M, ...]; they sum to density(HU) where no channel has a nominal density.
+    """
+    rho = hu_to_density(hu, method)
+    if nominal_densities is None or all(n is None for n in nominal_densities):
+        return rho[None] * fractions
+    scale = jnp.stack([rho if n is None else jnp.full_like(rho, n) for n in nominal_densities])
+    return scale * fractions

@@ -1,4 +1,5 @@
-"""Registration error measures (pure ``jnp``; concrete-input helpers at the end).
+"""Registration accuracy: error measures between an estimated and a true camera (pure ``jnp``;
+concrete-input helpers at the end).
 
 Let ``(R_a, t_a)`` and ``(R_b, t_b)`` be the world-to-camera extrinsics of an estimated and a
 true camera with the same intrinsics. Errors are measured on 3D points ``x`` of the CT (landmarks

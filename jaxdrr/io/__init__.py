@@ -1,0 +1,41 @@
+"""Reading CT volumes and writing rendered images.
+
+* :mod:`~jaxdrr.io.read`: :func:`load_volume` turns a NIfTI file or a DICOM CT series directory
+  into a :class:`~jaxdrr.volume.Volume` of Hounsfield units (``kind="hu"``) whose affine maps
+  voxel-centre indices to **RAS+** world millimetres (:func:`load_nifti`,
+  :func:`load_dicom_series`; the array axis order is documented there).
+* :mod:`~jaxdrr.io.info`: :func:`volume_info` and :func:`format_volume_info` (``jaxdrr info``).
+* :mod:`~jaxdrr.io.write`: :func:`save_image` (PNG 8/16-bit, TIFF 16-bit/float32, NPY).
+* :mod:`~jaxdrr.io.npz`: :func:`save_npz` / :func:`load_npz`, the render bundle (image, 3x4
+  ``P``, height, width, metadata).
+
+All writes are atomic (:func:`jaxdrr.atomic.atomic_path`): the file is written under a temporary
+name in the destination directory and moved into place, so a crash never leaves a half-written
+output under the final name.
+"""
+
+from jaxdrr.io.info import format_volume_info, volume_info
+from jaxdrr.io.npz import load_npz, save_npz
+from jaxdrr.io.read import (
+    NIFTI_SUFFIXES,
+    ORIENTATION_TOL,
+    OTHER_NIBABEL_SUFFIXES,
+    PIXEL_SPACING_TOL_MM,
+    SLICE_SPACING_ABS_TOL_MM,
+    SLICE_SPACING_REL_TOL,
+    load_dicom_series,
+    load_nifti,
+    load_volume,
+)
+from jaxdrr.io.write import save_image
+
+__all__ = [
+    "load_volume",
+    "load_nifti",
+    "load_dicom_series",
+    "volume_info",
+    "format_volume_info",
+    "save_image",
+    "save_npz",
+    "load_npz",
+]

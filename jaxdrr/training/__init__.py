@@ -1,0 +1,22 @@
+"""Training: the data generators and trainers of the networks in :mod:`jaxdrr.models`.
+
+The runtime never imports this package: rendering, decomposition and scatter estimation need only
+the networks and their shipped weights (:mod:`jaxdrr.models`), not optax or the generators. It sits
+above the ``jaxdrr`` facade (it renders and runs the Monte Carlo to make its data) and below the CLI.
+
+* :mod:`jaxdrr.training.train_vnet`: trains the material-decomposition V-Net
+  (:mod:`jaxdrr.models.vnet`) on procedural synthetic CTs (:mod:`jaxdrr.phantoms.synthetic`);
+* :mod:`jaxdrr.training.scatter_data`: Monte Carlo scatter of random synthetic patients, the
+  training data of the scatter ConvNet;
+* :mod:`jaxdrr.training.train_scatter`: trains the scatter ConvNet (:mod:`jaxdrr.models.scatter_net`)
+  on that data, and its error metrics against Monte Carlo.
+
+Each module is a command (resumable; the weights README names the exact runs)::
+
+    python -m jaxdrr.training.train_vnet --run-dir runs/vnet --steps 3000
+    python -m jaxdrr.training.scatter_data --out runs/scatter_data --split train --count 400
+    python -m jaxdrr.training.train_scatter --data runs/scatter_data --run-dir runs/scatter
+
+The submodules are not imported here, so ``import jaxdrr.training.scatter_data`` loads only what
+that command needs.
+"""
