@@ -102,7 +102,7 @@ def main():
     ]
     threshold = "shipped" if args.min_compile_time is None else f"{args.min_compile_time} s"
     table = md_table(
-        ["run", "process wall s (median)", "command's own time s (median)"],
+        ["run", "whole process, wall s (median)", "compile + render as the command prints it, s (median)"],
         [[n, summary[n]["wall_s"], summary[n]["command_s"]] for n in ("cold", "warm", "off")],
     )
     markdown = (

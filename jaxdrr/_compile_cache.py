@@ -57,15 +57,16 @@ logger = logging.getLogger(__name__)
 
 DISABLE_ENV = "JAXDRR_NO_COMPILE_CACHE"
 
-# A computation is stored when compiling it took at least this long. JAX's default (1 s) keeps only
-# the renderer itself; a CLI call also compiles some tens of small programs (phantom generation,
-# HU -> density, windowing, image statistics) of 0.1-1 s each, together seconds. Below about
-# 0.05 s reading an entry back (file read, decompression, deserialisation: a few ms) is no longer
-# much cheaper than compiling, and the entries only add files.
-MIN_COMPILE_TIME_SECS = 0.05
+# Every compiled program is stored (JAX's default keeps only those that took >= 1 s to compile). JAX
+# looks every program up in the cache anyway; this only decides what it writes. A CLI call compiles
+# its renderer plus some tens of small programs (phantom, HU -> density, windowing, statistics) of
+# 10 ms to 1 s each, together seconds; their entries are a few kB each (37 entries, 0.3 MB for
+# `jaxdrr render`), and reading one back is a small file read and decompression. Compare with
+# benchmarks/bench_compile_cache.py --min-compile-time 1.0 (JAX's default) or 0.05.
+MIN_COMPILE_TIME_SECS = 0.0
 
-# No size threshold (-1 also stops JAX from overriding it per file system): the compile-time
-# threshold above already says whether an entry is worth keeping, whatever its size.
+# No size threshold either (-1 also stops JAX from overriding it per file system): small entries
+# are the cheapest to read back.
 MIN_ENTRY_SIZE_BYTES = -1
 
 # The bound on the directory. An entry is 10 kB to a few MB; one jax/jaxlib version's worth of CLI
@@ -113,12 +114,14 @@ class AtomicFileCache:
     into place (the last one stays; they are equivalent).
 
     Args:
-      directory: an existing directory.
+      directory: the directory (created, mode 0700, if missing).
     """
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
         self._path = self.directory  # read by jax's compilation_cache.reset_cache()
+        with contextlib.suppress(OSError):  # as JAX's own storage does; a failure shows as misses
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def entry_path(self, key: str) -> Path:
         """The file of ``key``."""

@@ -44,13 +44,12 @@ def test_second_render_loads_what_the_first_compiled(tmp_path):
     assert written and all(name.endswith(cc.ENTRY_SUFFIX) for name in written), sorted(written)
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     # Backdate every entry: the second process refreshes the time of each entry it reads
-    # (AtomicFileCache.get), and what it compiles again it writes as a new file (a new inode). It may
-    # add entries: small programs whose compile time crossed MIN_COMPILE_TIME_SECS only this time.
+    # (AtomicFileCache.get), and what it compiles again it writes as a new file (a new inode).
     for name in written:
         os.utime(cache / name, (1e9, 1e9))
     second = render(tmp_path, "second", env)
     read = entries(cache)
-    assert set(written) <= set(read)
+    assert sorted(read) == sorted(written), "the second process compiled a program the first did not store"
     assert all(read[n].st_ino == written[n].st_ino for n in written), (
         "an entry was compiled and written again"
     )
@@ -76,6 +75,42 @@ def test_no_compile_cache_option_before_or_after_the_command(monkeypatch):
         configure_compile_cache(args)  # nothing enabled; the switch passed on to child processes
         assert cc.disabled_by_environment()
     assert parser.parse_args(["info", "x.nii"]).no_compile_cache is False
+
+
+# A tiny JAX program run with the cache in ``argv[1]``; prints JAX's warnings about cache entries.
+JIT_SCRIPT = """
+import sys, warnings
+import jax, jax.numpy as jnp
+from jaxdrr._compile_cache import enable_compile_cache
+assert enable_compile_cache(sys.argv[1], environ={}).enabled
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    jax.jit(lambda x: jnp.sin(x) * 3.0 + x.sum())(jnp.arange(64.0)).block_until_ready()
+print([str(w.message) for w in caught if "persistent compilation cache" in str(w.message)])
+"""
+
+
+def test_a_truncated_entry_is_replaced_not_kept(tmp_path):
+    # What a writer killed mid-write leaves under JAX's own storage: a truncated entry, which JAX
+    # then fails to read (a warning) and, with its own storage, never replaces.
+    cache = tmp_path / "cache"
+    env = cli_env(tmp_path)
+
+    def run() -> str:
+        cmd = [sys.executable, "-c", JIT_SCRIPT, str(cache)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert run().strip() == "[]"
+    whole = {p.name: p.read_bytes() for p in cache.iterdir()}
+    assert whole
+    for name, data in whole.items():
+        (cache / name).write_bytes(data[: len(data) // 3])
+    assert "Error reading persistent compilation cache entry" in run()  # the damage is seen ...
+    assert {p.name: p.stat().st_size for p in cache.iterdir()} == {
+        n: len(d) for n, d in whole.items()
+    }  # ... and repaired
 
 
 # -- storage ---------------------------------------------------------------------------------------
@@ -116,6 +151,36 @@ def test_storage_write_interrupted_leaves_old_entry_and_no_partial_file(tmp_path
     monkeypatch.undo()
     assert store.get("k") == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"k{cc.ENTRY_SUFFIX}"]
+
+
+def test_storage_concurrent_writers_and_readers_see_whole_entries(tmp_path):
+    # Processes compiling the same program all put its key; readers must see a whole entry or none.
+    import threading
+
+    store = cc.AtomicFileCache(tmp_path)
+    values = [bytes([i]) * (50_000 + 1_000 * i) for i in range(4)]  # different lengths and bytes
+    seen, stop = [], threading.Event()
+
+    def write(value):
+        for _ in range(50):
+            store.put("same", value)
+
+    def read():
+        while not stop.is_set():
+            seen.append(store.get("same"))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=write, args=(v,)) for v in values]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    stop.set()
+    reader.join()
+    assert seen and all(v is None or v in values for v in seen)
+    assert store.get("same") in values
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"same{cc.ENTRY_SUFFIX}"]  # no temporary left
 
 
 def test_storage_write_errors_only_lose_the_entry(tmp_path):

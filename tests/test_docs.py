@@ -46,6 +46,8 @@ FIXTURE_SPEC = {
     "pixel_mm": "[12.0, 14.0]",
     "shard_size": "4",
     "batch_size": "4",
+    "scatter_probability": "0.0",  # the scatter network's compilation is the largest part
+    "heatmaps": "false",
 }
 
 

@@ -71,7 +71,7 @@ P = _pinhole(HD, HD, 300.0 / HD, 1000.0)
 
 
 def _config(**kw):
-    return MonteCarloConfig(sdd_mm=1000.0, lanes=1 << 13, majorant_block=4, **kw)
+    return MonteCarloConfig(sdd_mm=1000.0, lanes=1 << 12, majorant_block=4, **kw)
 
 
 def _analog_batches(vol, cfg, seed):

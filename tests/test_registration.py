@@ -358,6 +358,8 @@ def test_cli_register(tmp_path, volume, true_camera, target):
             "register",
             "--ct",
             "phantom",
+            "--phantom",
+            "analytic",
             "--phantom-size",
             "48",
             "48",

@@ -1,4 +1,4 @@
-"""Writes notebooks/03_dataset.ipynb (unexecuted; the test suite executes it).
+"""Writes notebooks/03_dataset.ipynb, executed (outputs and figures stored; the test suite runs it again).
 
 Run: python tools/make_dataset_notebook.py
 """
@@ -112,11 +112,11 @@ bone masks.""",
         "code",
         """n_show = min(8, len(samples))
 colors = plt.cm.tab10(np.arange(10))
-fig, axes = plt.subplots(2, 4, figsize=(13, 7.6))
+fig, axes = plt.subplots(2, 4, figsize=(10, 6), dpi=72)  # dpi: a small stored notebook
 for ax in axes.flat:
     ax.axis("off")
 for ax, s in zip(axes.flat, samples[:n_show]):
-    ax.imshow(jaxdrr.display.window(s["image"], percentiles=(20, 99.8)), cmap="gray")   # -ln T: bone bright
+    ax.imshow(jaxdrr.display.window(s["image"], percentiles=(20, 99.8)), cmap="gray", interpolation="nearest")   # -ln T: bone bright
     for k, mask in enumerate(s["masks"]):
         if mask.any():
             ax.contour(mask, levels=[0.5], colors=[colors[k % 10]], linewidths=0.8)

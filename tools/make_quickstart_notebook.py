@@ -1,4 +1,4 @@
-"""Writes notebooks/01_quickstart.ipynb (unexecuted; the test suite executes it).
+"""Writes notebooks/01_quickstart.ipynb, executed (outputs and figures stored; the test suite runs it again).
 
 Run: python tools/make_quickstart_notebook.py
 """
@@ -47,12 +47,14 @@ print("-ln T range:", float(image.min()), float(image.max()))""",
     (
         "md",
         """## Many poses at once
-`vmap` over projection matrices and keys: one compiled function renders the whole batch.""",
+Arrays of angles give a batch of projection matrices; `vmap` over them and over keys: one compiled function
+renders the whole batch.""",
     ),
     (
         "code",
-        """angles = [(-40, 0), (0, 0), (40, 0), (0, 25)]
-Ps = jnp.stack([G.carm(a, c, isocenter=volume.center, geometry=carm) for a, c in angles])
+        """angles = [(-40, 0), (0, 0), (40, 0), (0, 25)]   # (LAO, CRAN) per view
+lao, cran = jnp.array(angles, dtype=jnp.float32).T
+Ps = G.carm(lao, cran, isocenter=volume.center, geometry=carm)   # [4, 3, 4]
 keys = jax.random.split(jax.random.key(1), len(angles))
 render_many = jax.jit(jax.vmap(jaxdrr.make_renderer(config), in_axes=(None, None, 0, 0)))
 images = render_many(params, volume, Ps, keys)

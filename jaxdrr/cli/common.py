@@ -454,12 +454,15 @@ def spectrum_from_args(args) -> physics.Spectrum:
                 f"--spectrum-csv {args.spectrum_csv!r} is not a CSV with a header and two columns "
                 f"energy_keV,fluence: {exc}"
             ) from exc
-        spectrum = physics.from_arrays(
-            np.atleast_1d(energies),
-            np.atleast_1d(fluence),
-            name=Path(args.spectrum_csv).name,
-            provenance=f"user file {args.spectrum_csv}",
-        )
+        try:
+            spectrum = physics.from_arrays(
+                np.atleast_1d(energies),
+                np.atleast_1d(fluence),
+                name=Path(args.spectrum_csv).name,
+                provenance=f"user file {args.spectrum_csv}",
+            )
+        except JaxdrrError as exc:
+            raise JaxdrrError(f"--spectrum-csv {args.spectrum_csv!r}: {exc}") from exc
     elif args.filtration is None and float(args.kvp) in SHIPPED_KVP:
         spectrum = physics.ipem78(int(args.kvp))
     else:

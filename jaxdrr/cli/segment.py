@@ -21,11 +21,13 @@ Options, inputs and outputs are checked before the CT is loaded.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import jaxdrr
@@ -102,21 +104,35 @@ def _descrip(text: str) -> bytes:
     return raw[:NIFTI_DESCRIP_BYTES]
 
 
-def quantise_fractions(fractions: np.ndarray, levels: int = FRACTION_LEVELS) -> np.ndarray:
+@functools.partial(jax.jit, static_argnames="levels")
+def _largest_remainder(fractions, levels: int):
+    scaled = jnp.clip(fractions.astype(jnp.float32), 0.0, 1.0) * levels
+    q = jnp.floor(scaled)
+    remainder = scaled - q
+    # 0 .. M - 1 units short per voxel: float32 fractions sum to 1 within far less than one unit.
+    missing = jnp.clip(levels - q.sum(axis=0), 0, None)
+    count = q.shape[0]
+    # rank[m]: how many materials come first (a larger remainder, or an equal one and a lower index).
+    rank = [
+        sum(
+            (remainder[k] > remainder[m]) if k > m else (remainder[k] >= remainder[m])
+            for k in range(count)
+            if k != m
+        )
+        for m in range(count)
+    ]
+    return q + (jnp.stack(rank) < missing)
+
+
+def quantise_fractions(fractions, levels: int = FRACTION_LEVELS) -> np.ndarray:
     """Fractions [M, ...] (summing to 1 per voxel) as integers in 0..levels that sum to ``levels``.
 
     Largest-remainder rounding: every value is floored, and the voxel's missing units go to the
     materials with the largest remainders. Each stored ``q / levels`` is within ``1 / levels`` of
     the fraction, and a voxel's stored fractions sum to exactly 1.
     """
-    scaled = np.clip(np.asarray(fractions, np.float64), 0.0, 1.0) * levels
-    q = np.floor(scaled)
-    # 0 .. M - 1 units short per voxel: float32 fractions sum to 1 within far less than one unit.
-    missing = np.clip(levels - q.sum(axis=0), 0, None)
-    rank = np.argsort(np.argsort(q - scaled, axis=0, kind="stable"), axis=0)  # 0: largest remainder
-    q = q + (rank < missing[None])
     dtype = np.uint8 if levels <= 255 else np.uint16
-    return np.clip(q, 0, levels).astype(dtype)
+    return np.asarray(_largest_remainder(jnp.asarray(fractions), levels)).astype(dtype)
 
 
 def write_segmentation(out, fractions: np.ndarray, affine: np.ndarray, config, metadata: dict) -> list[Path]:

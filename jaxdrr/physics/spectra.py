@@ -211,9 +211,7 @@ def spekpy_spectrum(
     """
     check_spekpy_kvp(kvp)
     if not (np.isfinite(filtration_mm_al) and filtration_mm_al >= 0 and bin_keV > 0):
-        raise SpectrumError(
-            f"need filtration >= 0 mm Al and bin_keV > 0; got {filtration_mm_al}, {bin_keV}"
-        )
+        raise SpectrumError(f"need filtration >= 0 mm Al and bin_keV > 0; got {filtration_mm_al}, {bin_keV}")
     try:
         import spekpy
     except ImportError as exc:

@@ -6,7 +6,9 @@ iteration advances all lanes by one event, with masks instead of branches:
 1. **spawn**: lanes whose photon has died take a new source photon while the history budget lasts
    (so the batch stays full until the end, instead of waiting for the longest history);
 2. **flight** (lanes with no pending interaction): Woodcock (delta) tracking. The free path is
-   drawn with the energy's majorant ``mu_max(E)``; at the landing point the nearest voxel's
+   drawn with the energy's majorant ``mu_max(E)`` (``opts["tracking"] == "global"``, the
+   reference) or spent block by block across a grid of local majorants (``"local"``,
+   :mod:`jaxdrr.scatter.majorants`); at the landing point the nearest voxel's
    attenuation ``mu(E) = sum_m rho_m (mu/rho)_m(E)`` decides with one uniform number between a
    virtual event (continue) and a real one, and which material and process (photoelectric,
    Compton, Rayleigh). A photon that lands outside the volume box has left it for good (the box
@@ -27,7 +29,10 @@ K lines below 4.1 keV, absorbed within a millimetre; for iodine or metals (K lin
 this is a documented approximation.
 
 Tallies: detector images [classes, H*W] (primary, single Compton, single Rayleigh, multiple) for
-an energy-integrating and a photon-counting readout, and the deposited energy per voxel. Each is
+an energy-integrating and a photon-counting readout, and the deposited energy per voxel. With
+forced detection (:mod:`jaxdrr.scatter.forced_detection`) the scatter images come from the
+expected contributions of every real scattering, buffered as events and scored in batches, and the
+analog tally keeps only unscattered photons. Each is
 accumulated in float32 within a segment of :func:`segment_steps` iterations and then added to a
 compensated (Kahan) float32 pair, so 1e9 histories lose no precision.
 """

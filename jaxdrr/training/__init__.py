@@ -6,6 +6,10 @@ above the ``jaxdrr`` facade (it renders and runs the Monte Carlo to make its dat
 
 * :mod:`jaxdrr.training.train_vnet`: trains the material-decomposition V-Net
   (:mod:`jaxdrr.models.vnet`) on procedural synthetic CTs (:mod:`jaxdrr.phantoms.synthetic`);
+* :mod:`jaxdrr.training.vnet_data`: training pairs (a 2 mm patch and its 6 mm context) of random
+  anatomical and procedural CTs with exact fractions, and the held-out validation CTs;
+* :mod:`jaxdrr.training.train_vnet2`: trains the two-scale V-Net (context + fine network, EMA
+  weights, selection on held-out synthetic CTs) on that data;
 * :mod:`jaxdrr.training.scatter_data`: Monte Carlo scatter of random synthetic patients, the
   training data of the scatter ConvNet;
 * :mod:`jaxdrr.training.train_scatter`: trains the scatter ConvNet (:mod:`jaxdrr.models.scatter_net`)
@@ -14,6 +18,7 @@ above the ``jaxdrr`` facade (it renders and runs the Monte Carlo to make its dat
 Each module is a command (resumable; the weights README names the exact runs)::
 
     python -m jaxdrr.training.train_vnet --run-dir runs/vnet --steps 3000
+    python -m jaxdrr.training.train_vnet2 --run-dir runs/vnet2
     python -m jaxdrr.training.scatter_data --out runs/scatter_data --split train --count 400
     python -m jaxdrr.training.train_scatter --data runs/scatter_data --run-dir runs/scatter
 

@@ -87,7 +87,7 @@ def _body_volume(spec: dict):
     return Volume.create(hu, affine), ct.info
 
 
-def _geometry(spec: dict, volume):
+def sample_geometry(spec: dict, volume):
     """C-arm P of the 128^2 render; the isocentre distance is moved until the MC geometry is valid."""
     size = LOW * OVERSAMPLE
     iso = volume.center + np.asarray(spec["iso_jitter_mm"])
@@ -115,7 +115,7 @@ def _geometry(spec: dict, volume):
     raise RuntimeError(f"sample {spec['index']}: no valid geometry")
 
 
-def _padded_params(config, spectrum) -> dict:
+def padded_params(config, spectrum) -> dict:
     """Render params on a fixed 1-150 keV grid (zero weights above the kVp): one compile for all kVps."""
     energies = np.arange(1.0, 151.0)
     weights = np.zeros_like(energies)
@@ -130,11 +130,11 @@ def _padded_params(config, spectrum) -> dict:
 def simulate(spec: dict, photons: int, halves: bool = False) -> dict:
     """Network inputs and Monte Carlo targets of one sample."""
     volume, info = _body_volume(spec)
-    P, fraction = _geometry(spec, volume)
+    P, fraction = sample_geometry(spec, volume)
     size = LOW * OVERSAMPLE
     spectrum = spectra.spekpy_spectrum(spec["kvp"], spec["filtration_mm_al"])
     config = RenderConfig(height=size, width=size)
-    params = _padded_params(config, spectrum)
+    params = padded_params(config, spectrum)
     sconf = estimate.ScatterConfig(sdd_mm=spec["sdd_mm"], grid=spec["grid"])
     L = line_integrals(config, volume, jnp.asarray(P, jnp.float32), params)
     low, cond = estimate.network_inputs(params, L, size, size, P, volume.center, sconf)

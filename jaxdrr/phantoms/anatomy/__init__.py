@@ -21,9 +21,11 @@ plates cut from 2D outlines, some fitted through 3D landmarks) painted as a cort
 trabecular core: thin sheets along the zero set of a smooth random field stretched along z (plates and
 rods in marrow), so the cortex is brighter than the interior in a radiograph.
 Surfaces are anti-aliased (coverage from the signed distance), and the result goes through a light
-CT image formation (in-plane/slice blur, noise). It is a model for pictures, not training data: the
-random training generator is :mod:`jaxdrr.phantoms.synthetic` (whose output this package never
-changes). Everything is numpy/scipy and deterministic given the seed; the pelvis at the default
+CT image formation (in-plane/slice blur, noise). :func:`demo_volume` is a model for pictures;
+:mod:`~jaxdrr.phantoms.anatomy.random_ct` paints the same anatomy randomly posed, deformed, with
+random tissue values, contrast, implants and a random scanner, and composites exact material
+fractions as it paints: training data for material decomposition (beside the procedural
+:mod:`jaxdrr.phantoms.synthetic`, whose output this package never changes). Everything is numpy/scipy and deterministic given the seed; the pelvis at the default
 1.6 mm takes a few seconds.
 
 Modules, low to high:
@@ -35,7 +37,10 @@ Modules, low to high:
   :mod:`~jaxdrr.phantoms.anatomy.chest`, :mod:`~jaxdrr.phantoms.anatomy.abdomen`,
   :mod:`~jaxdrr.phantoms.anatomy.knee`: the anatomy, one painter per part;
 * :mod:`~jaxdrr.phantoms.anatomy.ct`: regions, painting order and CT image formation
-  (:func:`demo_hu`, :func:`demo_volume`).
+  (:func:`demo_hu`, :func:`demo_volume`);
+* :mod:`~jaxdrr.phantoms.anatomy.random_ct`: random, exactly labelled CTs of the anatomy
+  (:func:`~jaxdrr.phantoms.anatomy.random_ct.random_anatomical_ct`), painted on a
+  :class:`~jaxdrr.phantoms.anatomy.random_ct.LabelledScene`.
 """
 
 from jaxdrr.phantoms.anatomy.ct import DEMO_REGIONS, demo_hu, demo_volume

@@ -161,7 +161,9 @@ class LabelledScene(Scene):
         """Index box of the grid cells whose subject coordinates may fall in the subject box [lo, hi]."""
         lo = np.asarray(lo, np.float64) - self.margin
         hi = np.asarray(hi, np.float64) + self.margin
-        corners = np.array([(x, y, z) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        corners = np.array(
+            [(x, y, z) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+        )
         scanner = (corners - self.center) @ self.inverse.T
         return super().box(scanner.min(0), scanner.max(0))
 
@@ -216,6 +218,8 @@ class AnatomyVariation:
       p_urine_contrast: probability of excreted contrast in the bladder (200-1500 HU).
       p_metal: probability of implants.
       p_table: probability of a patient table.
+      implants: the implant kinds to choose from (None: every kind that fits the region; see
+        :data:`IMPLANTS`).
     """
 
     scale: tuple[float, float] = (0.82, 1.2)
@@ -229,6 +233,7 @@ class AnatomyVariation:
     p_urine_contrast: float = 0.1
     p_metal: float = 0.3
     p_table: float = 0.6
+    implants: tuple[str, ...] | None = None
 
 
 def random_tissues(rng, variation: AnatomyVariation) -> dict:
@@ -275,7 +280,9 @@ def _paint_bolus(sc: LabelledScene, rng):
     r = float(rng.uniform(5, 9))
     side = float(rng.choice([-1.0, 1.0]))
     prims = tube([(28, 12, 600), (28, 14, 470 + rng.uniform(0, 80))], r)
-    prims += smooth_tube([(28, 12, 600), (28 + side * 35, 8, 625), (side * 95, 2, 640)], [r, r * 0.9, r * 0.8])
+    prims += smooth_tube(
+        [(28, 12, 600), (28 + side * 35, 8, 625), (side * 95, 2, 640)], [r, r * 0.9, r * 0.8]
+    )
     sc.fill(sc.field(prims), value, material="soft_tissue")
 
 
@@ -283,15 +290,20 @@ def _screw(a, b, r) -> list:
     return [capsule(a, b, r)]
 
 
-def _paint_metal(sc: LabelledScene, rng, region: str) -> str:
+IMPLANTS = {
+    "pelvis": ("hip_stem", "pedicle_screws", "clips", "screws"),
+    "abdomen": ("pedicle_screws", "clips"),
+    "chest": ("sternal_wires", "pedicle_screws", "clips"),
+    "limb": ("screws", "nail"),
+}
+
+
+def _paint_metal(sc: LabelledScene, rng, region: str, allowed=None) -> str | None:
     """One random implant of the region, as metal (values far above the 12-bit range: clipped later)."""
     value = float(rng.uniform(6000, 12000))
-    kinds = {
-        "pelvis": ["hip_stem", "pedicle_screws", "clips", "screws"],
-        "abdomen": ["pedicle_screws", "clips"],
-        "chest": ["sternal_wires", "pedicle_screws", "clips"],
-        "limb": ["screws", "nail"],
-    }[region]
+    kinds = [k for k in IMPLANTS[region] if allowed is None or k in allowed]
+    if not kinds:
+        return None
     kind = str(rng.choice(kinds))
     prims = []
     if kind == "pedicle_screws":
@@ -448,14 +460,23 @@ class RandomScan:
 def _degrade(rng, sc: LabelledScene, p: dict, body_semi) -> np.ndarray:
     """Scanner image formation on the fine grid (scanner frame); returns HU before clipping."""
     hu = sc.hu
-    if p["bias_hu"] > 0:
-        bias = rng.standard_normal(sc.shape).astype(np.float32)
-        bias = ndimage.gaussian_filter(bias, 40.0 / sc.spacing, mode="wrap", truncate=2.0)
-        hu = hu + p["bias_hu"] * bias / max(float(bias.std()), 1e-6) * (1.0 - sc.fractions[_AIR])
+    if p["bias_hu"] > 0:  # smooth (~40 mm) non-uniformity: drawn on a coarse lattice, interpolated
+        coarse = rng.standard_normal(
+            tuple(int(np.ceil(n * s / 20.0)) + 2 for n, s in zip(sc.shape, sc.spacing))
+        )
+        coarse = ndimage.gaussian_filter(coarse, 1.0, mode="wrap")
+        pos = np.meshgrid(
+            *[np.arange(n) * s / 20.0 + 1.0 for n, s in zip(sc.shape, sc.spacing)], indexing="ij", sparse=True
+        )
+        bias = ndimage.map_coordinates(coarse, np.broadcast_arrays(*pos), order=1, mode="nearest")
+        bias = bias.astype(np.float32) / max(float(coarse.std()), 1e-6)
+        hu = hu + p["bias_hu"] * bias * (1.0 - sc.fractions[_AIR])
     sigma = np.array([p["inplane_sigma_mm"], p["inplane_sigma_mm"], p["slice_mm"] / 2.355]) / sc.spacing
     hu = ndimage.gaussian_filter(hu, sigma, mode="nearest", truncate=3.0)
     if p["sharpen"] > 0:  # sharp (bone) kernels: overshoot at edges
-        hu = hu + p["sharpen"] * (hu - ndimage.gaussian_filter(hu, 1.0 / sc.spacing, mode="nearest", truncate=2.5))
+        hu = hu + p["sharpen"] * (
+            hu - ndimage.gaussian_filter(hu, 1.0 / sc.spacing, mode="nearest", truncate=2.5)
+        )
     x = sc.axes[0][:, None].astype(np.float64)
     y = sc.axes[1][None, :].astype(np.float64)
     rho2 = (x / body_semi[0]) ** 2 + (y / body_semi[1]) ** 2
@@ -500,7 +521,9 @@ def random_pose(rng, region: str, variation: AnatomyVariation) -> tuple[Pose, np
     center = np.asarray(region_center(region), np.float64)
     center[2] += rng.uniform(-80, 80) if region != "limb" else rng.uniform(-50, 50)
     center[:2] += rng.normal(0, 8, 2)
-    scale = rng.uniform(*variation.scale) * (1.0 + rng.uniform(-variation.axis_scale, variation.axis_scale, 3))
+    scale = rng.uniform(*variation.scale) * (
+        1.0 + rng.uniform(-variation.axis_scale, variation.axis_scale, 3)
+    )
     angles = [rng.uniform(-a, a) for a in variation.rotation_deg]
     rot = np.eye(3)
     for axis, a in zip(np.eye(3), angles):
@@ -532,7 +555,9 @@ def _interest_point(rng, pose: Pose, region: str, scale) -> np.ndarray:
         z = c[2] + rng.uniform(-100, 100)
         subject = np.array([rng.normal(0, 15), float(spine_y(z)) + rng.normal(-10, 15), z])
     elif u < 0.55 and region == "pelvis":
-        subject = np.array([rng.choice([-1, 1]) * 95 + rng.normal(0, 20), rng.normal(0, 20), rng.uniform(-80, 80)])
+        subject = np.array(
+            [rng.choice([-1, 1]) * 95 + rng.normal(0, 20), rng.normal(0, 20), rng.uniform(-80, 80)]
+        )
     elif u < 0.55:
         t = rng.uniform(0, 2 * np.pi)
         subject = c + (120 * np.cos(t), 75 * np.sin(t), rng.uniform(-100, 100))
@@ -551,6 +576,7 @@ def random_anatomical_ct(
     fine_mm: float | None = None,
     variation: AnatomyVariation | None = None,
     scan: RandomScan | None = None,
+    pose: Pose | None = None,
 ) -> AnatomicalCT:
     """A random CT of the anatomical phantom with its exact material fractions.
 
@@ -566,6 +592,8 @@ def random_anatomical_ct(
         averaged (partial volume); default half the output spacing, at most 1 mm.
       variation: the random subject (:class:`AnatomyVariation`); default ranges.
       scan: image formation (:class:`RandomScan`); default everything sampled.
+      pose: the subject's placement; None draws one (:func:`random_pose`). The size factors used
+        for the cupping model are then 1 / the matrix's column norms.
 
     Returns:
       An :class:`AnatomicalCT`.
@@ -588,7 +616,11 @@ def random_anatomical_ct(
         seed_info = [int(s) for s in np.atleast_1d(seed)]
         rng = np.random.default_rng(seed_info)
     region = region or str(rng.choice(ANATOMY_REGIONS))
-    pose, scale = random_pose(rng, region, variation)
+    drawn_pose, scale = random_pose(rng, region, variation)
+    if pose is None:
+        pose = drawn_pose
+    else:
+        scale = 1.0 / np.linalg.norm(np.asarray(pose.matrix, np.float64), axis=0)
     h = random_tissues(rng, variation)
     view_rng = np.random.default_rng(rng.integers(2**63))
     if center_mm is None:
@@ -607,7 +639,7 @@ def random_anatomical_ct(
         paint_trunk(sc, h, subject_seed)
     if region == "chest" and h["bolus"]:
         _paint_bolus(sc, rng)
-    metal = _paint_metal(sc, rng, region) if h["metal"] else None
+    metal = _paint_metal(sc, rng, region, variation.implants) if h["metal"] else None
     table = {"table": False}
     params = scan.sample(rng) if scan.enabled else None
     if params is not None and rng.random() < variation.p_table:
@@ -622,7 +654,9 @@ def random_anatomical_ct(
         x, y = sc.axes[0][:, None], sc.axes[1][None, :]
         inside_fine = (x**2 + y**2 <= params["fov_radius_mm"] ** 2)[..., None]
         hu_fine = np.where(inside_fine, hu_fine, HU_CLIP[0])
-        fractions = np.where(inside_fine[None], fractions, np.eye(4, dtype=np.float32)[_AIR][:, None, None, None])
+        fractions = np.where(
+            inside_fine[None], fractions, np.eye(4, dtype=np.float32)[_AIR][:, None, None, None]
+        )
         ox = center[0] + (np.arange(shape[0]) - (shape[0] - 1) / 2) * spacing[0]
         oy = center[1] + (np.arange(shape[1]) - (shape[1] - 1) / 2) * spacing[1]
         inside = (ox[:, None] ** 2 + oy[None, :] ** 2 <= params["fov_radius_mm"] ** 2)[..., None]
