@@ -184,7 +184,8 @@ def test_storage_concurrent_writers_and_readers_see_whole_entries(tmp_path):
 
 
 def test_storage_write_errors_only_lose_the_entry(tmp_path):
-    store = cc.AtomicFileCache(tmp_path / "gone")  # its directory does not exist: OSError inside
+    (tmp_path / "file").write_text("")
+    store = cc.AtomicFileCache(tmp_path / "file" / "cache")  # a directory that cannot exist: OSError inside
     store.put("k", b"x")
     assert store.get("k") is None
 
