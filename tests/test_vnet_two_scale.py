@@ -37,7 +37,7 @@ def test_old_configuration_is_one_scale_and_new_fields_default():
     old = vnet.VNetConfig.from_json(
         {"widths": [8, 16], "convs_per_stage": [1, 1], "groups": 4, "classes": list(vnet.CLASS_NAMES)}
     )
-    assert old.context_factor == 0 and old.tile_voxels == 0
+    assert old.context_factor == 0 and old.tile_voxels == 0 and old.top_decoder_kernel == 3
     assert "context" not in vnet.init_weights_shapes(old)
     net = TINY.network()
     assert net.in_channels == vnet.N_HU_FEATURES + len(net.classes)

@@ -12,6 +12,8 @@ above the ``jaxdrr`` facade (it renders and runs the Monte Carlo to make its dat
   weights, selection on held-out synthetic CTs) on that data;
 * :mod:`jaxdrr.training.scatter_data`: Monte Carlo scatter of random synthetic patients, the
   training data of the scatter ConvNet;
+* :mod:`jaxdrr.training.scatter_data2`: its second generation (random anatomical and synthetic
+  patients, thick views, local majorants and forced detection until a 1 % noise floor);
 * :mod:`jaxdrr.training.train_scatter`: trains the scatter ConvNet (:mod:`jaxdrr.models.scatter_net`)
   on that data, and its error metrics against Monte Carlo.
 
@@ -20,6 +22,7 @@ Each module is a command (resumable; the weights README names the exact runs)::
     python -m jaxdrr.training.train_vnet --run-dir runs/vnet --steps 3000
     python -m jaxdrr.training.train_vnet2 --run-dir runs/vnet2
     python -m jaxdrr.training.scatter_data --out runs/scatter_data --split train --count 400
+    python -m jaxdrr.training.scatter_data2 --out runs/scatter_data2 --split train --count 2000
     python -m jaxdrr.training.train_scatter --data runs/scatter_data --run-dir runs/scatter
 
 The submodules are not imported here, so ``import jaxdrr.training.scatter_data`` loads only what

@@ -4,7 +4,7 @@
 # are skipped, log.jsonl (committed) records histories, CPU seconds and the noise floor per sample.
 # Held-out split first (60 samples, >= 50 needed), then the 2,000 training samples.
 # Started in the background from the repository root with
-#   setsid nohup nice -n 10 bash runs/scatter_data2/run.sh > runs/scatter_data2/stdout.log 2>&1 &
+#   setsid nohup nice -n 10 bash runs/scatter_data2/run.sh >> runs/scatter_data2/stdout.log 2>&1 &
 set -e
 PY=${PY:-python}
 OUT=runs/scatter_data2

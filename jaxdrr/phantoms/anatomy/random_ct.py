@@ -389,7 +389,7 @@ def _paint_table(sc: LabelledScene, rng, pose: Pose, region: str) -> dict:
     if a_out.max() <= 0:
         return {"table": False}
     # Paint only where nothing of the patient is (the table is under the body, never inside it).
-    free = sc.fractions[_AIR]
+    free = sc.fractions[_AIR].copy()  # before the shell is painted: the core goes inside it
     for alpha, value in ((a_out, shell_hu), (a_in, core_hu)):
         a = alpha * free
         sc.hu += a * (value - sc.hu)
