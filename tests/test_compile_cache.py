@@ -108,9 +108,11 @@ def test_a_truncated_entry_is_replaced_not_kept(tmp_path):
     for name, data in whole.items():
         (cache / name).write_bytes(data[: len(data) // 3])
     assert "Error reading persistent compilation cache entry" in run()  # the damage is seen ...
-    assert {p.name: p.stat().st_size for p in cache.iterdir()} == {
-        n: len(d) for n, d in whole.items()
-    }  # ... and repaired
+    # ... and repaired: the same entries, rewritten whole (a recompiled executable need not serialise to
+    # the same bytes, so compare readability, not content), and the next run reads them without error.
+    assert sorted(p.name for p in cache.iterdir()) == sorted(whole)
+    assert all((cache / n).stat().st_size > len(d) // 3 for n, d in whole.items())
+    assert run().strip() == "[]"
 
 
 # -- storage ---------------------------------------------------------------------------------------
