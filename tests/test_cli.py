@@ -24,7 +24,8 @@ README_DETECTOR = ["--height", "32", "--width", "32", "--pixel-size", "12"]
 
 def jaxdrr_cli(*argv, cwd):
     """``python -m jaxdrr ARGV`` in ``cwd``, as a user runs it."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # A wide terminal for progress bars (tqdm truncates them to the terminal's width).
+    env = dict(os.environ, JAX_PLATFORMS="cpu", COLUMNS="300", LINES="50")
     return subprocess.run(
         [sys.executable, "-m", "jaxdrr", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )

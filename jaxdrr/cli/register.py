@@ -326,8 +326,12 @@ def run(args) -> int:
     def progress(rec):
         bar.update(1)
         # "res 1/8": the level renders at 1/8 of the X-ray's resolution per side.
-        bar.set_postfix(
-            level=f"{rec['level'] + 1}/{n_levels}", res=f"1/{rec['factor']}", loss=f"{rec['loss']:.5f}"
+        bar.set_postfix(  # a dict keeps this order (keyword arguments would be sorted by tqdm)
+            {
+                "level": f"{rec['level'] + 1}/{n_levels}",
+                "res": f"1/{rec['factor']}",
+                "loss": f"{rec['loss']:.5f}",
+            }
         )
 
     t0 = time.perf_counter()
