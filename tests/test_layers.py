@@ -47,6 +47,7 @@ LAYERS = {
     "jaxdrr.datasets": 7,
     "jaxdrr.training": 8,
     "jaxdrr.cli.common": 9,
+    "jaxdrr.cli.timings": 9,
     "jaxdrr.cli": 10,
     "jaxdrr.cli.main": 11,
     "=jaxdrr.cli": 12,

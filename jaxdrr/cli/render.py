@@ -53,6 +53,7 @@ from jaxdrr.cli.common import (
     spectrum_from_args,
     view_matrix,
 )
+from jaxdrr.cli.timings import estimate_seconds, record_seconds
 from jaxdrr.geometry import decompose_projection
 from jaxdrr.ops import BACKENDS
 from jaxdrr.scatter import MonteCarloConfig, check_range, conditioning
@@ -300,11 +301,18 @@ def run(args) -> int:
     if materials.method != "thresholds":
         # Decompose once (the V-Net or the label map), then render the density volume per view.
         t_dec = time.perf_counter()
-        with long_step(f"decomposing the CT ({materials.method}, {'x'.join(map(str, volume.shape))} voxels)"):
+        megavoxels = float(np.prod(volume.shape)) / 1e6
+        estimate = estimate_seconds("vnet", megavoxels) if materials.method == "vnet" else None
+        with long_step(
+            f"decomposing the CT ({materials.method}, {'x'.join(map(str, volume.shape))} voxels)",
+            estimate_s=estimate,
+        ):
             volume = jax.jit(
                 lambda p, v, lab: jaxdrr.decompose(p, v, materials, labels=lab, mapping=mapping)
             )(params, volume, labels)
             volume.data.block_until_ready()
+        if materials.method == "vnet":
+            record_seconds("vnet", megavoxels, time.perf_counter() - t_dec)
         print(
             f"decomposed the CT into {', '.join(materials.names)} ({materials.method}"
             + (f", {mapping_source}" if mapping_source else "")
@@ -332,8 +340,18 @@ def run(args) -> int:
         pad = idx + [idx[-1]] * (batch - len(idx)) if len(todo) > batch else idx  # fixed shape: one compile
         keys = jnp.stack([jax.random.fold_in(base_key, i) for i in pad])
         message = f"rendering {what}" + (" (the first batch compiles)" if start == 0 else "")
-        with long_step(message, disable=len(todo) > 1):
+        mc_millions = (
+            scatter.mc_photons * len(pad) / 1e6 if scatter is not None and scatter.method == "mc" else 0.0
+        )
+        t_batch = time.perf_counter()
+        with long_step(
+            message,
+            disable=len(todo) > 1,
+            estimate_s=estimate_seconds("mc", mc_millions) if mc_millions else None,
+        ):
             images = np.asarray(render(params, volume, jnp.asarray(Ps[np.asarray(pad)]), keys))
+        if mc_millions:
+            record_seconds("mc", mc_millions, time.perf_counter() - t_batch)
         if series and shared_window is None and not stores_float(outs[0], bit_depth):
             shared_window = object_window(images[: len(idx)])
             bar.write(

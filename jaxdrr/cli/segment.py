@@ -44,6 +44,7 @@ from jaxdrr.cli.common import (
     make_parent_dir,
     materials_from_args,
 )
+from jaxdrr.cli.timings import estimate_seconds, record_seconds
 from jaxdrr.errors import JaxdrrError
 from jaxdrr.materials import material_fractions
 from jaxdrr.materials.vnet_route import pretrained
@@ -213,8 +214,14 @@ def run(args) -> int:
     )
     config, labels, mapping, source = materials_from_args(args, volume, spec, args.labels)
     t1 = time.perf_counter()
-    with long_step(f"segmenting ({config.method}, {'x'.join(map(str, volume.shape))} voxels)"):
+    megavoxels = float(np.prod(volume.shape)) / 1e6
+    estimate = estimate_seconds("vnet", megavoxels) if config.method == "vnet" else None
+    with long_step(
+        f"segmenting ({config.method}, {'x'.join(map(str, volume.shape))} voxels)", estimate_s=estimate
+    ):
         fractions = compute_fractions(volume, config, labels, mapping)
+    if config.method == "vnet":
+        record_seconds("vnet", megavoxels, time.perf_counter() - t1)
     share = fractions.reshape(len(config.names), -1).mean(axis=1)
     print(
         f"segmented into {', '.join(config.names)} ({config.method}"

@@ -14,6 +14,7 @@ from jaxdrr.geometry.projection import (
     rescale_detector,
     source_position,
 )
+from jaxdrr.geometry.rigid import RigidTransform, object_projection
 from jaxdrr.geometry.rotations import (
     rotation_angle_between,
     rotation_from_6d,
