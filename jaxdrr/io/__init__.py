@@ -8,13 +8,21 @@
 * :mod:`~jaxdrr.io.write`: :func:`save_image` (PNG 8/16-bit, TIFF 16-bit/float32, NPY).
 * :mod:`~jaxdrr.io.npz`: :func:`save_npz` / :func:`load_npz`, the render bundle (image, 3x4
   ``P``, height, width, metadata).
+* :mod:`~jaxdrr.io.tiff_stack`: :func:`read_tiff_volume`, a multi-page TIFF CT stack (e.g.
+  Autoscoper's bone-only crops) as a Volume; axis order, orientation and HU rescale documented there.
+* :mod:`~jaxdrr.io.mayacam`: :func:`read_mayacam` / :func:`projection_from_mayacam`, MayaCam 2.0
+  calibrations (XMALab, Autoscoper) as jaxdrr's ``P = K [R | t]``.
+* :mod:`~jaxdrr.io.frames`: :func:`read_fluoro_frame`, an 8-bit fluoroscopy frame as a float image
+  in [0, 1] with its circular field-of-view mask (detected automatically).
 
 All writes are atomic (:func:`jaxdrr.atomic.atomic_path`): the file is written under a temporary
 name in the destination directory and moved into place, so a crash never leaves a half-written
 output under the final name.
 """
 
+from jaxdrr.io.frames import FluoroFrame, detect_fov_circle, read_fluoro_frame
 from jaxdrr.io.info import format_volume_info, volume_info
+from jaxdrr.io.mayacam import MayaCamCalibration, projection_from_mayacam, read_mayacam, triangulate
 from jaxdrr.io.npz import load_npz, save_npz
 from jaxdrr.io.read import (
     NIFTI_SUFFIXES,
@@ -27,6 +35,7 @@ from jaxdrr.io.read import (
     load_nifti,
     load_volume,
 )
+from jaxdrr.io.tiff_stack import AUTOSCOPER_WRIST_VOXEL_MM, read_tiff_volume
 from jaxdrr.io.write import save_image
 
 __all__ = [
@@ -38,4 +47,13 @@ __all__ = [
     "save_image",
     "save_npz",
     "load_npz",
+    "read_tiff_volume",
+    "AUTOSCOPER_WRIST_VOXEL_MM",
+    "read_mayacam",
+    "projection_from_mayacam",
+    "MayaCamCalibration",
+    "triangulate",
+    "read_fluoro_frame",
+    "detect_fov_circle",
+    "FluoroFrame",
 ]

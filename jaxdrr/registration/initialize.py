@@ -1,0 +1,597 @@
+"""Automatic initial poses of long bones from two (or more) calibrated fluoroscopy views.
+
+A gradient-based 2D/3D registration converges only from a pose within roughly a bone's width of
+the truth. Real biplanar sequences ship without poses (Autoscoper users place each bone by hand in
+the first frame), so this module finds starting poses without a human, in three steps:
+
+1. **Forearm axis in each view** (:func:`limb_axis_2d`). In an image-intensifier frame bone and
+   soft tissue are dark on a bright background, with a radial fall-off (vignetting) towards the
+   rim of the round field of view. ``-log(image)`` minus its grey-level *opening* with a square
+   larger than the limb's width (a white top-hat) keeps the limb and removes the smooth
+   background and vignetting; Otsu's threshold gives the limb mask. The limb enters the field of
+   view through its rim (or the image border): the widest patch of limb near that boundary is the
+   entry, and the top-hat-weighted principal axis of the limb within half an FOV radius of the
+   entry is the limb's 2D axis, oriented from the entry inwards (towards the hand for a forearm).
+2. **3D axis** (:func:`triangulate_line`): each 2D axis back-projects to a plane through its
+   source (``P^T l``); the planes of two views meet in the 3D axis line.
+3. **Search** (:func:`initialize_bone`). The bone's long principal axis (from its own voxels,
+   :func:`jaxdrr.io.tiff_stack.principal_axes`) is laid along the 3D axis, both ways round
+   (``flip``), tilted by up to ``tilt_deg`` in four directions, and turned about the axis in
+   ``angle_step_deg`` steps. For each orientation the bone's DRR (line integrals of its density in
+   excess of soft tissue, at ~1/8 resolution) is rendered once per view and its Sobel gradients
+   are correlated with the frame's over all 2D shifts at once (normalised cross-correlation by
+   FFT, inside the FOV mask): a 3D translation ``delta`` near the axis shifts the bone's image in
+   view ``v`` by ``proj_v(c0 + delta) - proj_v(c0)`` (the shape change with depth is < 3 % over
+   the search range at ~1 m), so a 3D grid of translations is scored by looking the shifts up in
+   every view's correlation map and summing. The best translation of each orientation is kept;
+   the ``top_k`` best, mutually distinct (``distinct_deg``, ``distinct_mm``) candidates are
+   re-scored with a DRR rendered at their exact pose (gradient correlation inside the FOV mask and
+   a band around the bone, :func:`jaxdrr.registration.metrics.gradient_ncc`) and returned as
+   multi-start seeds for the optimiser.
+
+The search never uses a ground truth; its output is a *seed*, not a registration. On the
+Autoscoper wrist (frame 0002) each bone is searched separately; radius and ulna lie side by side
+on the same forearm axis, so a candidate can land on the wrong bone: keep several seeds.
+
+**Manual override.** :func:`load_initial_poses` reads per-bone poses from a JSON file, e.g.::
+
+    {"rad": {"matrix": [[r00, r01, r02, tx], [..], [..], [0, 0, 0, 1]]},
+     "uln": {"rotvec_deg": [rx, ry, rz], "translation_mm": [tx, ty, tz], "pivot_mm": [0, 0, 0]}}
+
+``matrix`` is the 4x4 object -> world matrix of :meth:`RigidTransform.matrix` (the bone's own
+coordinates are its volume's world coordinates as read, i.e. centred on the origin by
+:func:`~jaxdrr.io.tiff_stack.read_tiff_volume`); ``rotvec_deg`` is a rotation vector (axis x angle)
+in degrees about ``pivot_mm`` (default the origin), as in :class:`RigidTransform`.
+:func:`save_initial_poses` writes the same format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.ndimage as ndi
+import scipy.signal
+
+from jaxdrr.atomic import write_json
+from jaxdrr.errors import GeometryError, JaxdrrError, LoadError
+from jaxdrr.geometry.projection import rescale_detector
+from jaxdrr.geometry.rigid import RigidTransform
+from jaxdrr.io.frames import FOV_MARGIN_FRACTION, FluoroFrame, downsample_image, fov_mask
+from jaxdrr.io.tiff_stack import bone_excess_density, principal_axes
+from jaxdrr.ops.project import project
+from jaxdrr.registration.metrics import gradient_ncc
+from jaxdrr.volume import Volume
+
+
+@dataclasses.dataclass(frozen=True)
+class InitConfig:
+    """Settings of :func:`initialize_bone`.
+
+    Attributes:
+      work_size: the frames are block-averaged until their longest side is at most this (1760 ->
+        220 px, 1/8, ~1.4 mm per pixel at the wrist).
+      angle_step_deg: step of the turn about the bone's long axis (full circle).
+      tilt_deg: tilt of the bone's axis away from the triangulated limb axis, tried in 4 directions
+        besides 0 (bones are not exactly parallel to the limb's outline); 0 = no tilts.
+      axial_range_mm: translations along the axis searched within +-this.
+      lateral_range_mm: translations across the axis searched within +-this (each direction).
+      translation_step_mm: grid step of the translation search.
+      top_k: number of candidates returned.
+      distinct_deg, distinct_mm: two candidates closer than both of these are the same seed.
+      threshold_hu: voxels above this define the bone's principal axes.
+      step_mm: ray-marching step of the search DRRs.
+    """
+
+    work_size: int = 220
+    angle_step_deg: float = 15.0
+    tilt_deg: float = 8.0
+    axial_range_mm: float = 40.0
+    lateral_range_mm: float = 30.0
+    translation_step_mm: float = 1.5
+    top_k: int = 5
+    distinct_deg: float = 20.0
+    distinct_mm: float = 6.0
+    threshold_hu: float = 200.0
+    step_mm: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LimbAxis2D:
+    """A limb's axis in one view (image points, x = column, y = row, at the frame's resolution).
+
+    Attributes:
+      entry: where the limb enters the field of view.
+      center: top-hat-weighted centroid of the limb near the entry (a point on the axis).
+      direction: unit 2D direction from the entry inwards.
+    """
+
+    entry: np.ndarray
+    center: np.ndarray
+    direction: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class PoseCandidate:
+    """One seed pose of a bone.
+
+    Attributes:
+      name: the bone.
+      pose: object -> world :class:`RigidTransform` (pivot at the bone's centroid).
+      score: mean over views of the gradient correlation of its DRR with the frame (higher = better).
+      view_scores: the per-view gradient correlations.
+      flip, angle_deg, tilt_deg: the search orientation (for reports).
+    """
+
+    name: str
+    pose: RigidTransform
+    score: float
+    view_scores: tuple[float, ...]
+    flip: bool = False
+    angle_deg: float = 0.0
+    tilt_deg: tuple[float, float] = (0.0, 0.0)
+
+    def matrix(self) -> np.ndarray:
+        return np.asarray(self.pose.matrix(), np.float64)
+
+
+# ----------------------------------------------------------------------------- small geometry
+
+
+def _rodrigues(axis, angle) -> np.ndarray:
+    axis = np.asarray(axis, np.float64)
+    axis = axis / np.linalg.norm(axis)
+    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * K @ K
+
+
+def _align(u, v) -> np.ndarray:
+    """A rotation taking unit vector u onto unit vector v."""
+    u = u / np.linalg.norm(u)
+    v = v / np.linalg.norm(v)
+    c = float(u @ v)
+    axis = np.cross(u, v)
+    s = np.linalg.norm(axis)
+    if s < 1e-9:
+        if c > 0:
+            return np.eye(3)
+        perp = np.cross(u, [1.0, 0.0, 0.0] if abs(u[0]) < 0.9 else [0.0, 1.0, 0.0])
+        return _rodrigues(perp, np.pi)
+    return _rodrigues(axis, np.arctan2(s, c))
+
+
+def _perpendiculars(d) -> tuple[np.ndarray, np.ndarray]:
+    e1 = np.cross(d, [1.0, 0.0, 0.0] if abs(d[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    return e1, np.cross(d, e1)
+
+
+def _project(P, X) -> np.ndarray:
+    h = np.asarray(X, np.float64) @ P[:, :3].T + P[:, 3]
+    return h[..., :2] / h[..., 2:3]
+
+
+def _rescale(P, factor: float) -> np.ndarray:
+    """``rescale_detector`` in float64 (its 3x3 resampling matrix applied in NumPy)."""
+    S = np.asarray(rescale_detector(np.eye(3, 4), factor), np.float64)[:, :3]
+    return S @ np.asarray(P, np.float64)
+
+
+def triangulate_line(Ps: Sequence[np.ndarray], lines: Sequence[LimbAxis2D]) -> tuple[np.ndarray, np.ndarray]:
+    """The 3D line whose projections are the given 2D lines (least squares over >= 2 views).
+
+    Each 2D line ``l`` (homogeneous, through ``center`` along ``direction``) back-projects to the
+    plane ``P^T l`` through the view's source; the 3D line lies in all of them.
+
+    Args:
+      Ps: [3, 4] projection matrices matching the lines' pixel coordinates.
+      lines: one :class:`LimbAxis2D` per view.
+
+    Returns:
+      (point [3], unit direction [3]); the point is the line's point closest to the back-projected
+      rays of the views' ``center`` points (mean), the direction points the way of view 0's
+      ``direction``.
+    """
+    if len(Ps) < 2 or len(Ps) != len(lines):
+        raise GeometryError(f"need >= 2 views with one line each, got {len(Ps)} P and {len(lines)} lines")
+    planes = []
+    for P, ln in zip(Ps, lines, strict=True):
+        a = np.append(ln.center, 1.0)
+        b = np.append(ln.center + ln.direction, 1.0)
+        pi = np.asarray(P, np.float64).T @ np.cross(a, b)
+        planes.append(pi / np.linalg.norm(pi[:3]))
+    planes = np.asarray(planes)
+    _, s, vt = np.linalg.svd(planes[:, :3])
+    if s[1] < 1e-3 * s[0]:
+        raise GeometryError("the back-projected planes are parallel: the views see the line edge-on")
+    d = vt[-1]
+    x0 = np.linalg.lstsq(planes[:, :3], -planes[:, 3], rcond=None)[0]
+    # Closest point of the line to each view's ray through its center.
+    ts = []
+    for P, ln in zip(Ps, lines, strict=True):
+        P = np.asarray(P, np.float64)
+        src = -np.linalg.solve(P[:, :3], P[:, 3])
+        ray = np.linalg.solve(P[:, :3], np.append(ln.center, 1.0))
+        ray /= np.linalg.norm(ray)
+        w = x0 - src
+        b = d @ ray
+        den = 1.0 - b * b
+        ts.append((b * (ray @ w) - (d @ w)) / max(den, 1e-12))
+    point = x0 + np.mean(ts) * d
+    # Orient along view 0's 2D direction.
+    p0 = _project(np.asarray(Ps[0], np.float64), point)
+    p1 = _project(np.asarray(Ps[0], np.float64), point + 10.0 * d)
+    if (p1 - p0) @ lines[0].direction < 0:
+        d = -d
+    return point, d
+
+
+# ----------------------------------------------------------------------------- 2D limb axis
+
+
+def _otsu(values: np.ndarray) -> float:
+    hist, edges = np.histogram(values, bins=128)
+    centers = 0.5 * (edges[:-1] + edges[1:])
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    s0 = np.cumsum(hist * centers)
+    m0 = s0 / np.maximum(w0, 1)
+    m1 = (s0[-1] - s0) / np.maximum(w1, 1)
+    return float(centers[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
+
+
+def _log_image(frame: FluoroFrame) -> np.ndarray:
+    """``-log`` of the (un-inverted) grey level: larger where more is absorbed."""
+    img = np.asarray(frame.image, np.float64)
+    if frame.inverted:
+        img = 1.0 - img
+    return -np.log(np.clip(img, 1.0 / 255.0, 1.0))
+
+
+def limb_tophat(frame: FluoroFrame) -> np.ndarray:
+    """White top-hat of ``-log(image)`` inside the FOV: the limb, without background or vignetting."""
+    r = frame.fov[2]
+    m = frame.mask
+    if not m.any():
+        raise JaxdrrError("the frame's FOV mask is empty")
+    L = ndi.gaussian_filter(_log_image(frame), max(1.0, r / 150.0))
+    L = np.where(m, L, L[m].min())
+    size = max(3, int(round(0.6 * r)))
+    return np.where(m, L - ndi.grey_opening(L, size=(size, size)), 0.0)
+
+
+def limb_axis_2d(frame: FluoroFrame) -> LimbAxis2D:
+    """The axis of the limb entering the field of view (see the module docstring, step 1).
+
+    Raises:
+      JaxdrrError: no limb found touching the FOV boundary.
+    """
+    r = frame.fov[2]
+    m = frame.mask
+    top = limb_tophat(frame)
+    inner = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]  # distance to the FOV / image boundary
+    limb = (inner > 0.03 * r) & (top > _otsu(top[m]))
+    limb = ndi.binary_opening(limb, iterations=2)
+    band = limb & (inner < 0.10 * r)
+    labels, n = ndi.label(band)
+    if n == 0:
+        raise JaxdrrError("no limb found entering the field of view (nothing dark touches its rim)")
+    sizes = ndi.sum(band, labels, index=np.arange(1, n + 1))
+    entry_mask = labels == (1 + int(np.argmax(sizes)))
+    ey, ex = np.nonzero(entry_mask)
+    entry = np.array([ex.mean(), ey.mean()])
+    limb_labels, _ = ndi.label(limb)
+    rows, cols = np.mgrid[0 : m.shape[0], 0 : m.shape[1]]
+    near = (limb_labels == limb_labels[ey[0], ex[0]]) & (np.hypot(cols - entry[0], rows - entry[1]) < 0.5 * r)
+    w = top[near]
+    pts = np.stack([cols[near], rows[near]], axis=1).astype(np.float64)
+    center = (w[:, None] * pts).sum(0) / w.sum()
+    d = pts - center
+    cov = (d * w[:, None]).T @ d / w.sum()
+    direction = np.linalg.eigh(cov)[1][:, -1]
+    if direction @ (center - entry) < 0:
+        direction = -direction
+    return LimbAxis2D(entry=entry, center=center, direction=direction)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _sobel(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return ndi.sobel(img, axis=1), ndi.sobel(img, axis=0)
+
+
+def _ncc_map(image: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """Normalised cross-correlation of ``template`` at every placement inside ``image`` ('valid')."""
+    t = template - template.mean()
+    tn = np.sqrt((t * t).sum())
+    if tn <= 0:
+        return np.zeros((image.shape[0] - t.shape[0] + 1, image.shape[1] - t.shape[1] + 1))
+    num = scipy.signal.fftconvolve(image, t[::-1, ::-1], mode="valid")
+    ones = np.ones_like(t)
+    n = t.size
+    s1 = scipy.signal.fftconvolve(image, ones, mode="valid")
+    s2 = scipy.signal.fftconvolve(image * image, ones, mode="valid")
+    var = np.maximum(s2 - s1 * s1 / n, 0.0)
+    return num / (tn * np.sqrt(var) + 1e-12 * tn + 1e-30)
+
+
+@dataclasses.dataclass(frozen=True)
+class _View:
+    P: np.ndarray  # at working resolution
+    gx: np.ndarray
+    gy: np.ndarray
+    L: np.ndarray  # -log image, working resolution
+    mask: np.ndarray
+    shape: tuple[int, int]
+
+
+def _prepare_views(frames, Ps, work_size) -> list[_View]:
+    views = []
+    for frame, P in zip(frames, Ps, strict=True):
+        P = np.asarray(P, np.float64)
+        if P.shape != (3, 4):
+            raise GeometryError(f"each P must be 3x4, got {P.shape}")
+        H, W = frame.image.shape
+        f = max(1, int(np.ceil(max(H, W) / work_size)))
+        L = downsample_image(_log_image(frame), f)
+        cx, cy, r = frame.fov
+        fov = ((cx + 0.5) / f - 0.5, (cy + 0.5) / f - 0.5, r / f)
+        # The rim is blurred: keep the frames' default margin plus a working pixel (Sobel support).
+        mask = fov_mask(L.shape, fov, FOV_MARGIN_FRACTION * fov[2] + 1.0)
+        gx, gy = _sobel(L)
+        views.append(
+            _View(_rescale(P, f), np.where(mask, gx, 0.0), np.where(mask, gy, 0.0), L, mask, L.shape)
+        )
+    return views
+
+
+def _render(density, affine, P, shape, step_mm) -> np.ndarray:
+    out = project(density, affine, np.asarray(P, np.float32), shape[0], shape[1], step_mm=step_mm)
+    return np.asarray(out[..., 0], np.float64)
+
+
+def _exact_scores(density, affine, T, views, step_mm) -> list[float]:
+    scores = []
+    for v in views:
+        drr = _render(density, affine, v.P @ T, v.shape, step_mm)
+        foot = drr > 0.02 * max(drr.max(), 1e-12)
+        if not foot.any():
+            scores.append(-1.0)
+            continue
+        band = ndi.binary_dilation(foot, iterations=4) & v.mask
+        scores.append(float(gradient_ncc(drr.astype(np.float32), v.L.astype(np.float32), band)))
+    return scores
+
+
+# ----------------------------------------------------------------------------- the search
+
+
+def initialize_bone(
+    volume: Volume,
+    frames: Sequence[FluoroFrame],
+    Ps: Sequence[np.ndarray],
+    *,
+    name: str = "",
+    axis: tuple[np.ndarray, np.ndarray] | None = None,
+    config: InitConfig = InitConfig(),
+) -> list[PoseCandidate]:
+    """Seed poses of one long bone from calibrated views (see the module docstring).
+
+    Args:
+      volume: the bone's CT (``kind="hu"``, e.g. :func:`jaxdrr.io.tiff_stack.read_tiff_volume`).
+      frames: the views' frames (:func:`jaxdrr.io.frames.read_fluoro_frame`, any ``downsample``).
+      Ps: the views' [3, 4] projection matrices **for the frames' pixel grids** (with
+        ``downsample=k``: ``projection_from_mayacam(calib, image_scale=1/k)``).
+      name: the bone's name (copied into the candidates).
+      axis: (point, unit direction) of the limb's 3D axis; default :func:`limb_axis_3d` of the
+        frames. The direction must point distally (from where the limb enters the FOV inwards).
+      config: :class:`InitConfig`.
+
+    Returns:
+      Up to ``config.top_k`` :class:`PoseCandidate`, best first.
+    """
+    if len(frames) < 2 or len(frames) != len(Ps):
+        raise JaxdrrError(f"need >= 2 frames with one P each, got {len(frames)} frames and {len(Ps)} P")
+    if volume.kind != "hu":
+        raise JaxdrrError(f"initialize_bone needs a 'hu' volume, got kind={volume.kind!r}")
+    if axis is None:
+        axis = limb_axis_3d(frames, Ps)
+    c0, d = (np.asarray(a, np.float64) for a in axis)
+    d = d / np.linalg.norm(d)
+    views = _prepare_views(frames, Ps, config.work_size)
+    density = bone_excess_density(volume)
+    affine = volume.affine
+    centroid, bone_axes, _ = principal_axes(volume, config.threshold_hu)
+
+    # Translation grid (world offsets) and its image shifts in every view (orientation-independent).
+    e1, e2 = _perpendiculars(d)
+    ax = np.arange(-config.axial_range_mm, config.axial_range_mm + 1e-9, config.translation_step_mm)
+    lat = np.arange(-config.lateral_range_mm, config.lateral_range_mm + 1e-9, config.translation_step_mm)
+    A, B, C = np.meshgrid(ax, lat, lat, indexing="ij")
+    deltas = A.reshape(-1, 1) * d + B.reshape(-1, 1) * e1 + C.reshape(-1, 1) * e2
+    shifts = [_project(v.P, c0 + deltas) - _project(v.P, c0) for v in views]
+
+    tilts = [(0.0, 0.0)]
+    if config.tilt_deg > 0:
+        tilts += [(config.tilt_deg, phi) for phi in (0.0, 90.0, 180.0, 270.0)]
+    angles = np.arange(0.0, 360.0 - 1e-9, config.angle_step_deg)
+
+    results = []  # (score, R, delta, flip, angle, tilt)
+    for flip in (False, True):
+        R_align = _align(-bone_axes[0] if flip else bone_axes[0], d)
+        for tilt, phi in tilts:
+            tilt_axis = np.cos(np.radians(phi)) * e1 + np.sin(np.radians(phi)) * e2
+            R_tilt = _rodrigues(tilt_axis, np.radians(tilt)) if tilt else np.eye(3)
+            for ang in angles:
+                R = R_tilt @ _rodrigues(d, np.radians(ang)) @ R_align
+                T = np.eye(4)
+                T[:3, :3] = R
+                T[:3, 3] = c0 - R @ centroid
+                total = np.zeros(len(deltas))
+                for v, sh in zip(views, shifts, strict=True):
+                    drr = _render(density, affine, v.P @ T, v.shape, config.step_mm)
+                    total += _shift_scores(drr, v, sh)
+                k = int(np.argmax(total))
+                results.append((total[k] / len(views), R, deltas[k], flip, ang, (tilt, phi)))
+
+    results.sort(key=lambda r: -r[0])
+    chosen = []
+    for res in results:
+        _, R, delta, *_ = res
+        same = False
+        for other in chosen:
+            dR = R @ other[1].T
+            ang = np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1)))
+            if ang < config.distinct_deg and np.linalg.norm(delta - other[2]) < config.distinct_mm:
+                same = True
+                break
+        if not same:
+            chosen.append(res)
+        if len(chosen) >= 2 * config.top_k:
+            break
+
+    candidates = []
+    for _, R, delta, flip, ang, tilt in chosen:
+        T = np.eye(4)
+        T[:3, :3] = R
+        T[:3, 3] = c0 + delta - R @ centroid
+        view_scores = _exact_scores(density, affine, T, views, config.step_mm)
+        pose = RigidTransform.from_matrix(np.asarray(T, np.float64), pivot=tuple(centroid))
+        candidates.append(
+            PoseCandidate(
+                name=name,
+                pose=pose,
+                score=float(np.mean(view_scores)),
+                view_scores=tuple(view_scores),
+                flip=flip,
+                angle_deg=float(ang),
+                tilt_deg=tilt,
+            )
+        )
+    candidates.sort(key=lambda c: -c.score)
+    return candidates[: config.top_k]
+
+
+def _shift_scores(drr: np.ndarray, view: _View, shifts: np.ndarray) -> np.ndarray:
+    """Gradient correlation of the DRR, shifted by each of ``shifts`` [N, 2] (x, y), with the frame."""
+    foot = drr > 0.02 * max(drr.max(), 1e-12)
+    if not foot.any():
+        return np.full(len(shifts), -1.0)
+    rows, cols = np.nonzero(ndi.binary_dilation(foot, iterations=3))
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    gx, gy = _sobel(drr)
+    maps = [_ncc_map(view.gx, gx[r0:r1, c0:c1]), _ncc_map(view.gy, gy[r0:r1, c0:c1])]
+    score_map = 0.5 * (maps[0] + maps[1])
+    # The template's top-left corner sits at (c0 + dx, r0 + dy) in the map's coordinates.
+    x = c0 + shifts[:, 0]
+    y = r0 + shifts[:, 1]
+    return ndi.map_coordinates(score_map, [y, x], order=1, mode="constant", cval=-1.0)
+
+
+def initialize_bones(
+    volumes: dict[str, Volume],
+    frames: Sequence[FluoroFrame],
+    Ps: Sequence[np.ndarray],
+    *,
+    config: InitConfig = InitConfig(),
+) -> dict[str, list[PoseCandidate]]:
+    """:func:`initialize_bone` for each bone of a limb, sharing one triangulated limb axis.
+
+    Returns:
+      {bone name: its candidates, best first}. Each bone is searched on its own, so two bones'
+      best seeds may claim the same shadow: check them together (e.g. the joint registration).
+    """
+    axis = limb_axis_3d(frames, Ps)
+    return {
+        name: initialize_bone(vol, frames, Ps, name=name, axis=axis, config=config)
+        for name, vol in volumes.items()
+    }
+
+
+def limb_axis_3d(frames: Sequence[FluoroFrame], Ps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """3D axis (point, unit direction pointing distally) of the limb seen in all frames."""
+    return triangulate_line(Ps, [limb_axis_2d(f) for f in frames])
+
+
+# ----------------------------------------------------------------------------- manual override
+
+
+def _pose_from_entry(name: str, entry, path: str) -> RigidTransform:
+    if not isinstance(entry, dict):
+        raise LoadError(f"{path}: pose of {name!r} must be an object with 'matrix' or 'rotvec_deg'")
+    pivot = entry.get("pivot_mm", [0.0, 0.0, 0.0])
+    try:
+        if "matrix" in entry:
+            T = np.asarray(entry["matrix"], np.float64)
+            if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+                raise LoadError(f"{path}: {name!r}: 'matrix' must be 4x4 finite numbers")
+            R = T[:3, :3]
+            if np.abs(R.T @ R - np.eye(3)).max() > 1e-4 or abs(np.linalg.det(R) - 1) > 1e-4:
+                raise LoadError(f"{path}: {name!r}: the 3x3 block of 'matrix' is not a proper rotation")
+            if not np.allclose(T[3], [0, 0, 0, 1]):
+                raise LoadError(f"{path}: {name!r}: the last row of 'matrix' must be [0, 0, 0, 1]")
+            return RigidTransform.from_matrix(T, pivot=tuple(float(p) for p in pivot))
+        if "rotvec_deg" in entry:
+            rv = np.radians(np.asarray(entry["rotvec_deg"], np.float64))
+            t = np.asarray(entry.get("translation_mm", [0.0, 0.0, 0.0]), np.float64)
+            if rv.shape != (3,) or t.shape != (3,) or not (np.isfinite(rv).all() and np.isfinite(t).all()):
+                raise LoadError(
+                    f"{path}: {name!r}: 'rotvec_deg' and 'translation_mm' must be 3 finite numbers"
+                )
+            return RigidTransform.create(rv, t, pivot=tuple(float(p) for p in pivot))
+    except (TypeError, ValueError) as err:
+        if isinstance(err, LoadError):
+            raise
+        raise LoadError(f"{path}: {name!r}: {err}") from None
+    raise LoadError(f"{path}: pose of {name!r} needs 'matrix' or 'rotvec_deg'")
+
+
+def load_initial_poses(path: str | os.PathLike) -> dict[str, RigidTransform]:
+    """Reads per-bone poses (the manual override; format in the module docstring).
+
+    Returns:
+      {bone name: RigidTransform (float32 leaves unless x64 is on)}.
+
+    Raises:
+      FileNotFoundError: no such file.
+      LoadError: not JSON, or a pose that is not a rigid transform.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"initial pose file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise LoadError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise LoadError(f"{path}: expected an object {{bone name: pose}}")
+    return {str(name): _pose_from_entry(str(name), entry, path) for name, entry in data.items()}
+
+
+def save_initial_poses(path: str | os.PathLike, poses: dict[str, RigidTransform]) -> None:
+    """Writes {bone name: pose} as 4x4 matrices (with pivots) in :func:`load_initial_poses`' format."""
+    data = {
+        name: {"matrix": np.asarray(p.matrix(), np.float64).tolist(), "pivot_mm": list(p.pivot)}
+        for name, p in poses.items()
+    }
+    write_json(path, data, indent=2)
+
+
+__all__: Sequence[str] = (
+    "InitConfig",
+    "LimbAxis2D",
+    "PoseCandidate",
+    "limb_tophat",
+    "limb_axis_2d",
+    "limb_axis_3d",
+    "triangulate_line",
+    "initialize_bone",
+    "initialize_bones",
+    "load_initial_poses",
+    "save_initial_poses",
+)
