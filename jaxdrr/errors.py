@@ -21,3 +21,7 @@ class GeometryError(JaxdrrError):
 
 class LoadError(JaxdrrError):
     """A file exists but cannot be read as what it claims to be (corrupt NIfTI/DICOM, mixed series)."""
+
+
+class MeshError(JaxdrrError):
+    """A triangle mesh is unusable (empty, non-finite, bad indices, degenerate or open surface)."""

@@ -43,9 +43,35 @@ def test_every_section3_material_is_shipped():
         "stainless_steel_316l",
         "iodine",
         "aluminium",
+        # Implant and instrument materials (jaxdrr.instruments).
+        "cobalt_chrome",
+        "peek",
+        "tungsten",
     }
     assert set(available_materials()) == expected
     assert set(COMPOSITIONS) == expected
+
+
+def test_implant_materials_follow_their_sources():
+    # ASTM F75 cobalt-chrome: Cr 27-30 %, Mo 5-7 %, Co balance; 8.3 g/cm^3.
+    cocr = COMPOSITIONS["cobalt_chrome"]
+    assert 0.27 <= cocr.mass_fractions["Cr"] <= 0.30 and 0.05 <= cocr.mass_fractions["Mo"] <= 0.07
+    assert cocr.density_g_cm3 == 8.3
+    # PEEK is C19H12O3: the mass fractions follow from xraydb's atomic masses (stoichiometry).
+    atoms = {"C": 19, "H": 12, "O": 3}
+    molar = sum(n * xraydb.atomic_mass(el) for el, n in atoms.items())
+    for el, n in atoms.items():
+        assert COMPOSITIONS["peek"].mass_fractions[el] == pytest.approx(
+            n * xraydb.atomic_mass(el) / molar, abs=1e-6
+        )
+    assert COMPOSITIONS["peek"].density_g_cm3 == 1.32
+    assert dict(COMPOSITIONS["tungsten"].mass_fractions) == {"W": 1.0}
+    assert COMPOSITIONS["tungsten"].density_g_cm3 == pytest.approx(xraydb.atomic_density("W"), abs=0.06)
+    # The tungsten K edge (69.5 keV) and the cobalt K edge (7.71 keV) are resolved in the shipped table.
+    edges = set(zip(load_table().edge_elements, np.round(load_table().edge_energies_keV, 1)))
+    assert ("W", 69.5) in edges and ("Co", 7.7) in edges
+    below, above = mass_attenuation(["tungsten"], [69.4, 69.6])[0]
+    assert 4.0 < above / below < 6.0
 
 
 def test_compositions_are_normalised_and_match_table_metadata():

@@ -148,6 +148,16 @@ def _check_muen_against_spekpy() -> str:
     return "identical to the copy shipped with SpekPy (spekpy/data/tables/nist_muen_air.dat)"
 
 
+OWN_SECTIONS = ("## attenuation.npz", "## ipem78_*.csv")
+
+
+def _foreign_sections(text: str) -> str:
+    """The ``## `` sections of an existing PROVENANCE.md that this script does not write, verbatim."""
+    sections = text.split("\n## ")
+    foreign = ["## " + sec for sec in sections[1:] if not ("## " + sec).startswith(OWN_SECTIONS)]
+    return "".join("\n" + sec.rstrip("\n") + "\n" for sec in foreign)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=pathlib.Path, default=REPO / "jaxdrr" / "physics" / "data")
@@ -200,7 +210,13 @@ def main(argv=None) -> int:
     )
 
     edge_text = ", ".join(f"{el} {e:.4f}" for e, el in edge_list)
-    (args.out_dir / "PROVENANCE.md").write_text(f"""# Provenance of jaxdrr/physics/data
+    material_lines = "\n".join(
+        f"  - `{n}` ({c.density_g_cm3} g/cm^3): {c.source}." for n, c in COMPOSITIONS.items()
+    )
+    provenance_path = args.out_dir / "PROVENANCE.md"
+    # Sections written by other generators or by hand (e.g. interactions_xraylib.npz) are kept.
+    kept = _foreign_sections(provenance_path.read_text() if provenance_path.exists() else "")
+    provenance_path.write_text(f"""# Provenance of jaxdrr/physics/data
 
 ## attenuation.npz
 Generated {created} by `{provenance["generator"]}` with xraydb {xraydb.__version__}.
@@ -214,7 +230,9 @@ Generated {created} by `{provenance["generator"]}` with xraydb {xraydb.__version
   (Hubbell & Seltzer, NISTIR 5632, Table 4; public domain), used for air-kerma weighting of HVLs;
   {muen_check}.
 - `materials`, `density_g_cm3`, `compositions_json`: PHYSICS.md section 3 (NIST SRD-126 Table 2,
-  ICRU Report 44 tissues), as in `jaxdrr/physics/compositions.py`:
+  ICRU Report 44 tissues) and the implant/instrument materials, as in
+  `jaxdrr/physics/compositions.py`; source of each composition and density:
+{material_lines}
 
 ```json
 {compositions_json}
@@ -223,7 +241,7 @@ Generated {created} by `{provenance["generator"]}` with xraydb {xraydb.__version
 ## ipem78_*.csv
 IPEM Report 78 tungsten spectra (see the header lines of each file), copied from the project's
 shared/data/spectra.
-""")
+{kept}""")
     print(
         f"wrote {args.out_dir / 'attenuation.npz'}: {len(names)} materials x {grid.size} energies, "
         f"{len(edges)} edges"

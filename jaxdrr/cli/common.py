@@ -44,6 +44,7 @@ import jaxdrr
 from jaxdrr import physics
 from jaxdrr.errors import GeometryError, JaxdrrError
 from jaxdrr.geometry import CArmGeometry, carm, check_projection_matrix
+from jaxdrr.io.mesh import MESH_SUFFIXES, read_mesh
 from jaxdrr.io.write import IMAGE_FORMATS
 from jaxdrr.materials import METALS, MaterialConfig, as_material_config
 from jaxdrr.materials.labels import (
@@ -587,6 +588,390 @@ def materials_from_args(args, volume, method: str | None, labels_path: str | Non
     else:
         config = as_material_config(method, metal=args.metal)
     return as_material_config(config, hu_to_density=hu_to_density), None, None, None
+
+
+# --------------------------------------------------------------------------------------------------
+# Surgical tools: parametric instruments and mesh files placed in the CT (docs/tools.md)
+# --------------------------------------------------------------------------------------------------
+
+TOOL_KINDS = ("kwire", "screw", "plate", "guidewire", "catheter")
+DEFAULT_MESH_MATERIAL = "titanium"
+# Keys every --tool / --mesh spec accepts besides the builder's own parameters.
+_COMMON_TOOL_KEYS = ("name", "material", "density", "displace")
+_MESH_KEYS = (*_COMMON_TOOL_KEYS, "scale")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+class _AppendTool(argparse.Action):
+    """Appends ``(option kind, text)`` to one shared list, so --tool and --mesh keep their order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest) or [])
+        items.append((self.const, values))
+        setattr(namespace, self.dest, items)
+
+
+def add_tool_options(group) -> None:
+    """Adds ``--tool``, ``--mesh``, ``--tool-pose`` and ``--tool-material`` to a parser or group."""
+    group.add_argument(
+        "--tool",
+        dest="tools",
+        action=_AppendTool,
+        const="tool",
+        default=None,
+        metavar="KIND[:KEY=VALUE,...]",
+        help="add a parametric instrument (repeatable): "
+        + ", ".join(TOOL_KINDS)
+        + "; keys are the builder's parameters without the _mm suffix (kwire:diameter=1.6,length=150; "
+        "screw:length=40,cannulated=true; plate:holes=8; guidewire:points=0/0/0;0/20/80) plus "
+        "name=, material=, density= (g/cm^3) and displace=false (lie on top of the tissue instead of "
+        "replacing it). Lengths in mm; the tool's base is its origin, its long axis +z",
+    )
+    group.add_argument(
+        "--mesh",
+        dest="tools",
+        action=_AppendTool,
+        const="mesh",
+        default=None,
+        metavar="PATH[:KEY=VALUE,...]",
+        help="add a closed triangle mesh file (STL, OBJ or PLY; repeatable) in mm, with keys "
+        f"material= (default {DEFAULT_MESH_MATERIAL}), density=, scale= (file units -> mm, e.g. "
+        "1000 for metres), name=, displace=false",
+    )
+    group.add_argument(
+        "--tool-pose",
+        action="append",
+        default=None,
+        metavar="[NAME=]RX,RY,RZ,TX,TY,TZ",
+        help="pose of a tool (repeatable): rotation vector in degrees (axis x angle, about the tool's "
+        "origin) and the position of the tool's origin in mm from the isocentre (RAS+). Without "
+        "NAME= the poses apply to the tools in the order given; default: no rotation, origin at "
+        "the isocentre",
+    )
+    group.add_argument(
+        "--tool-material",
+        action="append",
+        default=None,
+        metavar="[NAME=]MATERIAL",
+        help="attenuation material of every tool (or of the tool NAME) whose spec has no material=: "
+        "e.g. titanium, ti6al4v, stainless_steel_316l, cobalt_chrome, peek, tungsten; the density "
+        "is the material's unless density= is given",
+    )
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One ``--tool`` or ``--mesh``, parsed and checked (no file read, nothing built yet).
+
+    Attributes:
+      option: ``"--tool"`` or ``"--mesh"``.
+      text: the option's value as given (recorded in outputs).
+      kind: an instrument kind (:data:`TOOL_KINDS`) or ``"mesh"``.
+      name: the unique object name in the scene.
+      params: builder keyword arguments (instruments) as ``(key, value)`` pairs.
+      path: the mesh file (``--mesh``).
+      scale: file units -> mm (``--mesh``).
+      material: attenuation material, or None for the instrument's default.
+      density: g/cm^3, or None for the material's (or instrument's) default.
+      displaces: the tool replaces the tissue it occupies.
+      rotation_deg: rotation vector (degrees) of ``--tool-pose``.
+      offset_mm: position of the tool's origin relative to the isocentre (mm).
+    """
+
+    option: str
+    text: str
+    kind: str
+    name: str
+    params: tuple = ()
+    path: str | None = None
+    scale: float = 1.0
+    material: str | None = None
+    density: float | None = None
+    displaces: bool = True
+    rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def _split_spec(option: str, text: str, path_like: bool) -> tuple[str, dict[str, str]]:
+    """``HEAD[:k=v,k=v]`` -> (HEAD, {k: v}); for paths only a last ``:`` followed by ``=`` splits."""
+    head, sep, tail = text.rpartition(":") if path_like else text.partition(":")
+    if path_like and (not sep or "=" not in tail):
+        head, tail = text, ""
+    if not head:
+        raise JaxdrrError(f"{option} {text!r}: missing the " + ("file" if path_like else "kind"))
+    items: dict[str, str] = {}
+    if not tail:
+        return head, items
+    for item in tail.split(","):
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key or not value:
+            raise JaxdrrError(
+                f"{option} {text!r}: expected KEY=VALUE items separated by commas, got {item!r}"
+            )
+        if key in items:
+            raise JaxdrrError(f"{option} {text!r}: {key}= is given twice")
+        items[key] = value
+    return head, items
+
+
+def _number(option: str, text: str, key: str, value: str, *, positive=False, non_negative=False) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise JaxdrrError(f"{option} {text!r}: {key}= must be a number, got {value!r}") from None
+    if not math.isfinite(number) or (positive and number <= 0) or (non_negative and number < 0):
+        need = "a positive number" if positive else ("a number >= 0" if non_negative else "a finite number")
+        raise JaxdrrError(f"{option} {text!r}: {key}= must be {need}, got {value}")
+    return number
+
+
+def _boolean(option: str, text: str, key: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise JaxdrrError(f"{option} {text!r}: {key}= must be true or false, got {value!r}")
+
+
+def _points(option: str, text: str, key: str, value: str) -> list[list[float]]:
+    """``x/y/z;x/y/z;...`` (mm) -> a list of points."""
+    points = []
+    for item in value.split(";"):
+        coords = item.split("/")
+        if len(coords) != 3:
+            raise JaxdrrError(f"{option} {text!r}: {key}= needs points X/Y/Z separated by ';', got {item!r}")
+        points.append([_number(option, text, key, c) for c in coords])
+    return points
+
+
+def _builder_parameters(kind: str) -> dict:
+    import inspect
+
+    from jaxdrr import instruments
+
+    return dict(inspect.signature(getattr(instruments, kind)).parameters)
+
+
+def _tool_params(text: str, kind: str, items: dict[str, str]) -> tuple:
+    """Builder keyword arguments of ``--tool KIND:...`` checked against the builder's signature."""
+    import inspect
+
+    parameters = _builder_parameters(kind)
+    accepted = {name.removesuffix("_mm"): name for name in parameters if name not in ("material", "density")}
+    accepted["points"] = "control_points_mm" if "control_points_mm" in parameters else None
+    accepted = {k: v for k, v in accepted.items() if v is not None and k != "control_points"}
+    out = {}
+    for key, value in items.items():
+        if key in _COMMON_TOOL_KEYS:
+            continue
+        if key not in accepted:
+            raise JaxdrrError(
+                f"--tool {text!r}: unknown key {key!r} for {kind}; use "
+                + ", ".join(sorted((*accepted, *_COMMON_TOOL_KEYS)))
+            )
+        name = accepted[key]
+        default = parameters[name].default
+        if name == "control_points_mm":
+            out[name] = _points("--tool", text, key, value)
+        elif isinstance(default, bool):
+            out[name] = _boolean("--tool", text, key, value)
+        elif isinstance(default, int):
+            number = _number("--tool", text, key, value)
+            if number != int(number):
+                raise JaxdrrError(f"--tool {text!r}: {key}= must be an integer, got {value}")
+            out[name] = int(number)
+        elif isinstance(default, str):
+            out[name] = value
+        else:
+            out[name] = _number("--tool", text, key, value)
+    required = [
+        name
+        for name, p in parameters.items()
+        if p.default is inspect.Parameter.empty and name not in out and p.kind != p.VAR_KEYWORD
+    ]
+    if required:
+        keys = ["points" if r == "control_points_mm" else r.removesuffix("_mm") for r in required]
+        raise JaxdrrError(f"--tool {text!r}: {kind} needs " + ", ".join(f"{k}=" for k in keys))
+    return tuple(sorted(out.items()))
+
+
+def _check_table_material(option: str, text: str, material: str) -> str:
+    if material not in physics.available_materials():
+        raise JaxdrrError(
+            f"{option} {text!r}: unknown material {material!r}; use one of "
+            + ", ".join(physics.available_materials())
+        )
+    return material
+
+
+def _parse_pose(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    parts = text.split(",")
+    if len(parts) != 6:
+        raise JaxdrrError(f"--tool-pose {text!r}: expected RX,RY,RZ,TX,TY,TZ (degrees, then mm)")
+    values = [_number("--tool-pose", text, "the pose", p) for p in parts]
+    return tuple(values[:3]), tuple(values[3:])
+
+
+def _named(option: str, text: str, names: list[str]) -> tuple[str | None, str]:
+    """``NAME=VALUE`` -> (NAME, VALUE) when NAME is a tool's name, else (None, text)."""
+    name, eq, value = text.partition("=")
+    if not eq:
+        return None, text
+    if name not in names:
+        raise JaxdrrError(f"{option} {text!r}: no tool named {name!r}; tools: {', '.join(names) or 'none'}")
+    return name, value
+
+
+def tool_specs_from_args(args) -> list[ToolSpec]:
+    """The ``--tool``/``--mesh`` objects with their poses and materials, parsed and checked.
+
+    Cheap (no file is read, no mesh built): call it before any work. Names default to the kind
+    (``kwire``, ``kwire_2``, ...) or the mesh file's stem.
+
+    Raises:
+      JaxdrrError: an unknown kind, key or material, a value that is not a number, a negative
+        density, a missing mesh file, duplicate names, more ``--tool-pose`` than tools, ...
+    """
+    raw = list(getattr(args, "tools", None) or [])
+    poses = list(getattr(args, "tool_pose", None) or [])
+    materials = list(getattr(args, "tool_material", None) or [])
+    if not raw:
+        if poses or materials:
+            raise JaxdrrError("--tool-pose/--tool-material need a --tool or --mesh to apply to")
+        return []
+    specs: list[dict] = []
+    for which, text in raw:
+        option = f"--{which}"
+        head, items = _split_spec(option, text, path_like=which == "mesh")
+        allowed = _MESH_KEYS if which == "mesh" else None
+        if allowed is not None:
+            unknown = [k for k in items if k not in allowed]
+            if unknown:
+                raise JaxdrrError(f"{option} {text!r}: unknown key {unknown[0]!r}; use {', '.join(allowed)}")
+        spec = dict(option=option, text=text)
+        if which == "mesh":
+            path = check_input_file(head, "--mesh")
+            if not path.is_file() or not path.name.lower().endswith(MESH_SUFFIXES):
+                raise JaxdrrError(f"--mesh {head!r} is not a {', '.join(MESH_SUFFIXES)} file")
+            spec.update(kind="mesh", path=str(path), default_name=path.stem)
+            if "scale" in items:
+                spec["scale"] = _number(option, text, "scale", items["scale"], positive=True)
+        else:
+            if head not in TOOL_KINDS:
+                raise JaxdrrError(
+                    f"--tool {text!r}: unknown kind {head!r}; use one of {', '.join(TOOL_KINDS)}"
+                )
+            spec.update(kind=head, params=_tool_params(text, head, items), default_name=head)
+        if "material" in items:
+            spec["material"] = _check_table_material(option, text, items["material"])
+        if "density" in items:
+            spec["density"] = _number(option, text, "density", items["density"], non_negative=True)
+        if "displace" in items:
+            spec["displaces"] = _boolean(option, text, "displace", items["displace"])
+        spec["explicit_name"] = items.get("name")
+        specs.append(spec)
+    # Names: explicit ones as given, the others the kind / file stem, numbered when repeated.
+    taken = [s["explicit_name"] for s in specs if s["explicit_name"]]
+    duplicates = sorted({n for n in taken if taken.count(n) > 1})
+    if duplicates:
+        raise JaxdrrError(f"two tools are named {duplicates[0]!r}; give each a unique name=")
+    counts: dict[str, int] = {}
+    for s in specs:
+        if s["explicit_name"]:
+            s["name"] = s["explicit_name"]
+            continue
+        base = s["default_name"]
+        while True:
+            counts[base] = counts.get(base, 0) + 1
+            name = base if counts[base] == 1 else f"{base}_{counts[base]}"
+            if name not in taken:
+                break
+        taken.append(name)
+        s["name"] = name
+    names = [s["name"] for s in specs]
+    positional = 0
+    posed: set[str] = set()
+    for text in poses:
+        name, value = _named("--tool-pose", text, names)
+        if name is None:
+            if positional >= len(specs):
+                raise JaxdrrError(f"--tool-pose {text!r}: more --tool-pose values than tools ({len(specs)})")
+            name = names[positional]
+            positional += 1
+        if name in posed:
+            raise JaxdrrError(f"--tool-pose {text!r}: the tool {name!r} already has a pose")
+        posed.add(name)
+        rotation, offset = _parse_pose(value)
+        specs[names.index(name)].update(rotation_deg=rotation, offset_mm=offset)
+    every, named = None, {}
+    for text in materials:
+        name, value = _named("--tool-material", text, names)
+        _check_table_material("--tool-material", text, value)
+        if name is None:
+            if every is not None:
+                raise JaxdrrError(
+                    f"--tool-material {text!r}: a material for every tool is already given ({every})"
+                )
+            every = value
+        elif name in named:
+            raise JaxdrrError(f"--tool-material {text!r}: the tool {name!r} already has a --tool-material")
+        elif "material" in specs[names.index(name)]:
+            raise JaxdrrError(
+                f"--tool-material {text!r}: the tool {name!r} already has material= in its spec"
+            )
+        else:
+            named[name] = value
+    for s in specs:
+        if "material" not in s and (s["name"] in named or every is not None):
+            s["material"] = named.get(s["name"], every)
+    fields = {f.name for f in dataclasses.fields(ToolSpec)}
+    return [ToolSpec(**{k: v for k, v in s.items() if k in fields}) for s in specs]
+
+
+def build_tools(specs: list[ToolSpec]) -> list:
+    """The un-posed :class:`jaxdrr.scene.MeshObject` of each spec: instruments built, mesh files read.
+
+    Runs before the CT is loaded (a bad mesh or impossible instrument stops the command early).
+    Each object is at the identity pose; :func:`posed_tools` places them.
+    """
+    from jaxdrr import instruments
+    from jaxdrr.scene import MeshObject
+
+    out = []
+    for s in specs:
+        try:
+            if s.kind == "mesh":
+                mesh = read_mesh(s.path, scale=s.scale, name=s.name)
+                material = s.material or DEFAULT_MESH_MATERIAL
+                obj = MeshObject.create(mesh, material, density=s.density, name=s.name, displaces=s.displaces)
+            else:
+                builder = getattr(instruments, s.kind)
+                overrides = {"material": s.material} if s.material else {}
+                if s.density is not None:
+                    overrides["density"] = s.density
+                instrument = builder(**dict(s.params), **overrides)
+                obj = MeshObject.from_instrument(instrument, name=s.name, displaces=s.displaces)
+        except JaxdrrError as exc:
+            raise JaxdrrError(f"{s.option} {s.text!r}: {exc}") from exc
+        out.append(obj)
+    return out
+
+
+def posed_tools(specs: list[ToolSpec], objects: list, isocenter) -> list:
+    """The objects of :func:`build_tools` at their ``--tool-pose`` (origin relative to ``isocenter``)."""
+    from jaxdrr.geometry.rigid import RigidTransform
+
+    iso = np.asarray(isocenter, np.float64)
+    out = []
+    for s, obj in zip(specs, objects, strict=True):
+        pose = RigidTransform.create(
+            rotation=np.deg2rad(np.asarray(s.rotation_deg, np.float64)),
+            translation=iso + np.asarray(s.offset_mm, np.float64),
+        )
+        out.append(obj.replace(pose=pose))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

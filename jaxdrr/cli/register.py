@@ -1,6 +1,21 @@
-"""``jaxdrr register``: find the pose of an X-ray (.npz from ``jaxdrr render --save-npz``) from a CT.
+"""``jaxdrr register``: find the pose of an X-ray (.npz from ``jaxdrr render --save-npz``) from a CT,
+or the poses of several bones in several calibrated real views.
 
     jaxdrr register [--ct CT] --xray IMAGE.npz [--init pose.json] --out pose.json
+    jaxdrr register --view FRAME.tif:CALIB.txt --view ... --volume NAME=STACK.tif[:voxel=sx,sy,sz] ...
+                    [--init poses.json] --out poses.json
+
+**Several views, several bones** (``--view``, repeatable; ``--volume``, repeatable): each view is a
+fluoroscopy frame (8/16-bit image, :func:`jaxdrr.io.frames.read_fluoro_frame`: intensity in [0, 1]
+and its circular field-of-view mask) with its MayaCam calibration
+(:func:`jaxdrr.io.mayacam.read_mayacam`); each volume a TIFF stack of one bone
+(:func:`jaxdrr.io.tiff_stack.read_tiff_volume`, voxel size in mm, default the Autoscoper wrist's).
+All bones are registered jointly in all views (:func:`jaxdrr.registration.multiview.register_multiview`).
+``--init`` gives each bone's starting pose (the format of
+:func:`jaxdrr.registration.initialize.load_initial_poses`, or a file written by this command);
+without it the poses are searched automatically (:func:`jaxdrr.registration.initialize.initialize_bone`,
+best seeds of each bone as multiple starts). The output JSON holds ``poses`` (per bone: 4x4
+``matrix`` and ``pivot_mm``, loadable by ``--init``), the similarity per view and bone, timings.
 
 * The CT: by default the one the bundle records (``jaxdrr render`` records its ``--ct``/
   ``--phantom``/``--phantom-size``/``--phantom-seed``); with ``--ct phantom`` the phantom options
@@ -56,6 +71,8 @@ SHIPPED_KVP = (60.0, 90.0, 120.0)  # bundles with another kVp are registered wit
 DEFAULT_SID_MM = 700.0  # --init with C-arm angles but no sid_mm
 DEFAULT_MAX_SIZE = 128  # finest registration level, pixels per side (the benchmark's detector)
 DEFAULT_CT_MAX_SIZE = 128  # voxels per CT axis during registration (the benchmark's CT: 64)
+WRIST_VOXEL_MM = (0.39625, 0.39625, 0.625)  # Autoscoper's wrist sample (AutoscoperMainWindow.cpp)
+MULTIVIEW_METRICS = ("gncc", "mncc", "ncc")
 
 
 def format_levels(levels) -> str:
@@ -78,8 +95,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="register against the given CT even where it differs from the one the bundle records",
     )
-    p.add_argument("--xray", required=True, help=".npz bundle written by `jaxdrr render --save-npz`")
-    p.add_argument("--init", default=None, help="initial pose JSON (default: the bundle's P)")
+    p.add_argument(
+        "--xray", default=None, help=".npz bundle written by `jaxdrr render --save-npz` (single view)"
+    )
+    p.add_argument(
+        "--view",
+        action="append",
+        default=None,
+        metavar="IMAGE:CALIB",
+        help="a real view: fluoroscopy frame and its MayaCam calibration (repeatable; several views "
+        "and --volume bones are registered jointly)",
+    )
+    p.add_argument(
+        "--volume",
+        action="append",
+        default=None,
+        metavar="NAME=PATH[:voxel=SX,SY,SZ]",
+        help="a bone's TIFF stack for --view registration (repeatable); voxel size in mm "
+        f"(default {','.join(str(v) for v in WRIST_VOXEL_MM)}, the Autoscoper wrist's)",
+    )
+    p.add_argument(
+        "--init",
+        default=None,
+        help="initial pose JSON (single view default: the bundle's P; --view default: automatic search)",
+    )
     p.add_argument(
         "--out",
         required=True,
@@ -105,7 +144,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         choices=("adam", "lbfgs"),
         help="optimiser of the levels that do not name their own in --levels",
     )
-    p.add_argument("--lr", type=float, default=1.0, help="Adam step size (mm-equivalent units)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="Adam step size (mm-equivalent units; default 1.0, with --view 0.5)",
+    )
     p.add_argument(
         "--max-size",
         type=int,
@@ -234,8 +278,183 @@ def choose_ct(args, bundle) -> CtSelection:
     return selection
 
 
+def parse_view(text: str) -> tuple[Path, Path]:
+    """``--view IMAGE:CALIB`` -> (image path, calibration path); the split is at the last ':'."""
+    image, sep, calib = text.rpartition(":")
+    if not sep or not image or not calib:
+        raise JaxdrrError(f"--view must be IMAGE:CALIB (a frame and its MayaCam .txt), got {text!r}")
+    return Path(image), Path(calib)
+
+
+def parse_volume(text: str) -> tuple[str, Path, tuple[float, float, float]]:
+    """``--volume NAME=PATH[:voxel=SX,SY,SZ]`` -> (name, path, voxel size in mm)."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise JaxdrrError(f"--volume must be NAME=PATH[:voxel=SX,SY,SZ], got {text!r}")
+    voxel = WRIST_VOXEL_MM
+    path, sep, option = rest.rpartition(":voxel=")
+    if sep:
+        try:
+            voxel = tuple(float(v) for v in option.split(","))
+        except ValueError:
+            voxel = ()
+        if len(voxel) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel):
+            raise JaxdrrError(f"--volume {text!r}: voxel must be three positive numbers SX,SY,SZ (mm)")
+    else:
+        path = rest
+    return name, Path(path), voxel
+
+
+def read_poses(path) -> dict:
+    """Per-bone poses from ``--init``: a file written by ``register --view`` (its ``poses``) or the
+    initial-pose format of :func:`jaxdrr.registration.initialize.load_initial_poses`."""
+    from jaxdrr.geometry.rigid import RigidTransform
+    from jaxdrr.registration.initialize import load_initial_poses
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise JaxdrrError(f"--init {str(path)!r} is not valid JSON: {e}") from e
+    if isinstance(data, dict) and isinstance(data.get("poses"), dict):
+        poses = {}
+        for name, entry in data["poses"].items():
+            T = np.asarray(entry.get("matrix") if isinstance(entry, dict) else None, np.float64)
+            if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+                raise JaxdrrError(f"--init {str(path)!r}: pose of {name!r} needs a 4x4 'matrix'")
+            poses[name] = RigidTransform.from_matrix(T, tuple(entry.get("pivot_mm", (0.0, 0.0, 0.0))))
+        return poses
+    return load_initial_poses(path)
+
+
+def run_multiview(args) -> int:
+    """``jaxdrr register --view ... --volume ...``: joint multi-view, multi-bone registration."""
+    from jaxdrr.registration import multiview as mv
+
+    if args.xray is not None:
+        raise JaxdrrError("give either --xray (one simulated view) or --view (real views), not both")
+    if not args.volume:
+        raise JaxdrrError("--view needs at least one --volume NAME=PATH (the bones to register)")
+    if args.metric not in MULTIVIEW_METRICS:
+        raise JaxdrrError(
+            f"--metric {args.metric} is not available with --view; choose one of {MULTIVIEW_METRICS}"
+        )
+    if args.ct is not None:
+        raise JaxdrrError("--ct is for --xray registration; with --view give the bones with --volume")
+    views_in = [parse_view(v) for v in args.view]
+    for image, calib in views_in:
+        check_input_file(image, "--view image")
+        check_input_file(calib, "--view calibration", suffixes=(".txt",))
+    volumes_in = [parse_volume(v) for v in args.volume]
+    names = [n for n, _, _ in volumes_in]
+    if len(set(names)) != len(names):
+        raise JaxdrrError(f"--volume names must be unique, got {names}")
+    for _, path, _ in volumes_in:
+        check_input_file(path, "--volume", suffixes=(".tif", ".tiff"))
+    if args.init is not None:
+        check_input_file(args.init, "--init", suffixes=(".json",))
+    lr = 0.5 if args.lr is None else args.lr
+    check_positive(lr, "--lr")
+    check_positive(args.starts, "--starts", integer=True)
+    check_positive(args.step, "--step")
+    inputs = [p for pair in views_in for p in pair] + [p for _, p, _ in volumes_in] + [args.init]
+    check_output(args.out, "--out", (".json",), inputs=inputs)
+    levels = parse_levels(args.levels) if args.levels else mv.MultiViewConfig().levels
+    config = mv.MultiViewConfig(
+        metric=args.metric,
+        levels=levels,
+        learning_rate=lr,
+        n_starts=args.starts,
+        seed=args.seed,
+        step_mm=args.step,
+    )
+
+    from jaxdrr.io.frames import read_fluoro_frame
+    from jaxdrr.io.mayacam import projection_from_mayacam, read_mayacam
+    from jaxdrr.io.tiff_stack import read_tiff_volume
+
+    t0 = time.perf_counter()
+    with long_step(f"loading {len(views_in)} views and {len(volumes_in)} volumes", disable=args.quiet):
+        views = []
+        for i, (image, calib) in enumerate(views_in):
+            frame = read_fluoro_frame(image)
+            cal = read_mayacam(calib)
+            if (cal.height, cal.width) != frame.shape:
+                raise JaxdrrError(
+                    f"{calib}: calibrated for {cal.width}x{cal.height} images, but {image} is "
+                    f"{frame.shape[1]}x{frame.shape[0]}"
+                )
+            views.append(
+                mv.View(projection_from_mayacam(cal), frame.image, frame.mask, f"view{i + 1}:{image.name}")
+            )
+        volumes = {n: read_tiff_volume(p, voxel) for n, p, voxel in volumes_in}
+    if args.init is not None:
+        poses = read_poses(args.init)
+        missing = sorted(set(names) - set(poses))
+        if missing:
+            raise JaxdrrError(f"--init {args.init} has no pose for {missing} (it has {sorted(poses)})")
+        seeds = {n: poses[n] for n in names}
+    else:
+        seeds = auto_seeds(views_in, volumes, quiet=args.quiet)
+    total = sum(lv[1] for lv in config.levels)
+    bar = progress_bar(total, desc="register", unit="it", disable=args.quiet)
+    result = mv.register_multiview(volumes, views, seeds, config, callback=lambda rec: bar.update(1))
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    out = result.to_dict()
+    out["poses"] = {
+        n: {"matrix": np.asarray(p.matrix(), np.float64).tolist(), "pivot_mm": list(p.pivot)}
+        for n, p in result.poses.items()
+    }
+    out["views"] = [
+        {"name": v.name, "image": str(i.resolve()), "calibration": str(c.resolve())}
+        for v, (i, c) in zip(views, views_in)
+    ]
+    out["volumes"] = {n: {"path": str(p.resolve()), "voxel_mm": list(vx)} for n, p, vx in volumes_in}
+    out["config"] = {
+        "metric": config.metric,
+        "levels": [list(lv) for lv in config.levels],
+        "lr": lr,
+        "starts": config.n_starts,
+    }
+    out["total_time_s"] = elapsed
+    out_path = make_parent_dir(args.out)
+    write_json(out_path, out, indent=1)
+    sims = ", ".join(f"{v}/{b} {s:.3f}" for v, per in result.similarity.items() for b, s in per.items())
+    print(
+        f"registered {len(names)} bone(s) in {len(views)} view(s) in {elapsed:.1f} s "
+        f"({result.n_iterations} iterations); similarity {sims} -> {out_path}"
+    )
+    return 0
+
+
+def auto_seeds(views_in, volumes, *, quiet: bool) -> list[dict]:
+    """Multi-start seeds from the automatic initial-pose search (the k-th best of every bone)."""
+    from jaxdrr.io.frames import read_fluoro_frame
+    from jaxdrr.io.mayacam import projection_from_mayacam, read_mayacam
+    from jaxdrr.registration.initialize import initialize_bone, limb_axis_3d
+
+    k = 8  # the search works at ~1/8 of a 1760 px frame
+    frames = [read_fluoro_frame(image, downsample=k) for image, _ in views_in]
+    Ps = [projection_from_mayacam(read_mayacam(calib), image_scale=1.0 / k) for _, calib in views_in]
+    with long_step("searching initial poses", disable=quiet):
+        axis = limb_axis_3d(frames, Ps)
+        candidates = {n: initialize_bone(v, frames, Ps, name=n, axis=axis) for n, v in volumes.items()}
+    n_seeds = min(len(c) for c in candidates.values())
+    if n_seeds == 0:
+        raise JaxdrrError("the automatic initial-pose search found no candidate; pass --init")
+    return [{n: c[i].pose for n, c in candidates.items()} for i in range(min(n_seeds, 3))]
+
+
 def run(args) -> int:
     """Runs ``jaxdrr register`` for parsed arguments; returns the exit code."""
+    if args.view:
+        return run_multiview(args)
+    if args.xray is None:
+        raise JaxdrrError("give --xray IMAGE.npz (a simulated view) or --view IMAGE:CALIB (real views)")
+    if args.volume:
+        raise JaxdrrError("--volume is for --view registration; with --xray give the CT with --ct")
+    if args.lr is None:
+        args.lr = 1.0
     # Imported here: the registration stack (optax) loads only for this command.
     from jaxdrr import registration as reg
     from jaxdrr.registration.optimize import level_camera_shape

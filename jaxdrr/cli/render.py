@@ -1,7 +1,12 @@
 """``jaxdrr render``: a realistic X-ray (DRR) of a CT or the built-in phantom, one or many views.
 
     jaxdrr render [--ct CT | --phantom pelvis|chest|abdomen|limb|analytic] [--lao A ...] [--cran B ...]
+                  [--tool KIND[:KEY=VALUE,...] | --mesh FILE[:KEY=VALUE,...] [--tool-pose [NAME=]RX,RY,RZ,TX,TY,TZ]]
                   --out xray.png [--save-npz xray.npz]
+
+``--tool``/``--mesh`` add surgical tools to the CT (a :class:`jaxdrr.scene.Scene`, rendered with
+:func:`jaxdrr.scene.make_scene_renderer`; see docs/tools.md); the bundle then also records their
+path lengths, masks, poses and projected landmarks.
 
 Several ``--lao``/``--cran`` values render every combination as one vmapped batch per ``--batch``
 views, writing ``<out stem>_lao<A>_cran<B>.<ext>`` (e.g. ``v_lao+30_cran-10.png``) atomically and
@@ -36,6 +41,8 @@ from jaxdrr.cli.common import (
     add_geometry_options,
     add_material_options,
     add_spectrum_options,
+    add_tool_options,
+    build_tools,
     carm_geometry,
     check_angles,
     check_image_output,
@@ -49,8 +56,10 @@ from jaxdrr.cli.common import (
     make_parent_dir,
     materials_from_args,
     parse_bit_depth,
+    posed_tools,
     progress_bar,
     spectrum_from_args,
+    tool_specs_from_args,
     view_matrix,
 )
 from jaxdrr.cli.timings import estimate_seconds, record_seconds
@@ -59,6 +68,7 @@ from jaxdrr.ops import BACKENDS
 from jaxdrr.scatter import MonteCarloConfig, check_range, conditioning
 from jaxdrr.scatter.estimate import low_res_projection, low_res_shape
 from jaxdrr.scatter.monte_carlo import check_geometry
+from jaxdrr.scene import Scene, make_scene_renderer, object_path_lengths, project_landmarks, scene_params
 
 CT_OPTIONS = CtOptions()
 GEOMETRY_OPTIONS = GeometryOptions(
@@ -133,6 +143,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(half the finest voxel spacing), or a step in mm",
     )
     phys.add_argument("--seed", type=int, default=0, help="noise seed; view i uses fold_in(seed, i)")
+    add_tool_options(p.add_argument_group("surgical tools (meshes in the CT; see docs/tools.md)"))
     out = p.add_argument_group("output")
     out.add_argument(
         "--out",
@@ -143,7 +154,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     out.add_argument(
         "--save-npz",
         default=None,
-        help="also save image, P, intrinsics and metadata (with the CT selection) to this .npz",
+        help="also save image, P, intrinsics and metadata (with the CT selection) to this .npz; "
+        "with tools also their path lengths (tool_paths, mm), masks, poses and projected landmarks",
     )
     out.add_argument(
         "--window",
@@ -221,6 +233,29 @@ def stores_float(path: Path, bit_depth) -> bool:
     return path.suffix.lower() in (".tif", ".tiff", ".npy") and bit_depth in (None, "float")
 
 
+def tool_metadata(specs, tools, P, paths) -> dict:
+    """What a bundle records about the tools of one view (``paths`` [T, H, W] mm)."""
+    landmarks = {}
+    for tool in tools:
+        points = tool.landmark_points()
+        projected = project_landmarks(np.asarray(P, np.float64), tool.pose, points) if points else {}
+        landmarks[tool.name] = {
+            k: [float(uv[0]), float(uv[1]), float(depth)] for k, (uv, depth) in projected.items()
+        }
+    return {
+        "tools": [s.text for s in specs],
+        "tool_options": [s.option for s in specs],
+        "tool_names": [t.name for t in tools],
+        "tool_materials": [t.material for t in tools],
+        "tool_densities": np.asarray([float(t.density) for t in tools]),
+        "tool_displaces": np.asarray([bool(t.displaces) for t in tools]),
+        "tool_poses": np.stack([np.asarray(t.pose.matrix(), np.float64) for t in tools]),
+        "tool_paths": np.asarray(paths, np.float32),
+        "tool_masks": (np.asarray(paths) > 0).astype(np.uint8),
+        "tool_landmarks": landmarks,
+    }
+
+
 def run(args) -> int:
     """Runs ``jaxdrr render``; returns the process exit code."""
     # Everything that can be wrong with the options is found before the CT is loaded.
@@ -251,6 +286,12 @@ def run(args) -> int:
     if args.isocenter is not None:
         view_matrix(views[0][0], views[0][1], args.isocenter, g)  # finite isocentre and angles
     spectrum = spectrum_from_args(args)  # the kVp range, the CSV
+    tool_specs = tool_specs_from_args(args)  # parsed and checked; built below, before the CT
+    if tool_specs and args.scatter == "mc":
+        raise jaxdrr.JaxdrrError(
+            "--scatter mc does not see tools (the Monte Carlo transports through the CT only); "
+            "use --scatter net or none with --tool/--mesh"
+        )
     todo = [
         i
         for i in range(len(views))
@@ -263,6 +304,7 @@ def run(args) -> int:
         print(f"all {len(views)} view(s) already rendered; use --overwrite to render again")
         return 0
 
+    tools = build_tools(tool_specs)  # instruments built, mesh files read: errors before the CT
     with long_step(f"loading {selection.describe()}"):
         volume = selection.load()
     materials, labels, mapping, mapping_source = materials_from_args(args, volume, method, labels_path)
@@ -290,7 +332,16 @@ def run(args) -> int:
         backend=args.backend,
         scatter=scatter,
     )
-    params = jaxdrr.default_params(config, spectrum)
+    tools = posed_tools(tool_specs, tools, iso)
+    if tools:
+        params = scene_params(config, Scene.create(volume, tools), spectrum)
+        for tool in tools:
+            print(
+                f"tool {tool.name}: {tool.material}, {float(tool.density):.4g} g/cm^3"
+                + ("" if tool.displaces else ", on top of the tissue")
+            )
+    else:
+        params = jaxdrr.default_params(config, spectrum)
     if scatter is not None and scatter.method == "mc":
         for P in Ps:  # under jit the Monte Carlo cannot check the geometry
             check_geometry(volume, P, MonteCarloConfig(sdd_mm=g.sdd_mm))
@@ -327,7 +378,20 @@ def run(args) -> int:
                 "note: resuming without a recorded grey window (no --save-npz bundles): the new "
                 "views get the window of this run's first batch; pass --window LOW HIGH to fix it"
             )
-    render = jax.jit(jax.vmap(jaxdrr.make_renderer(config), in_axes=(None, None, 0, 0)))
+    if tools:
+        scene = Scene.create(volume, tools)  # the scene is an argument: never an XLA constant
+        render_scene = jax.jit(jax.vmap(make_scene_renderer(config), in_axes=(None, None, 0, 0)))
+
+        def render(params, volume, Ps, keys):
+            return render_scene(params, scene.replace(ct=volume), Ps, keys)
+
+        tool_paths = jax.jit(
+            jax.vmap(
+                lambda sc, P: jnp.stack(list(object_path_lengths(config, sc, P).values())), in_axes=(None, 0)
+            )
+        )
+    else:
+        render = jax.jit(jax.vmap(jaxdrr.make_renderer(config), in_axes=(None, None, 0, 0)))
     base_key = jax.random.key(args.seed)
     batch = args.batch
     what = f"{len(todo)} view(s) of {g.height}x{g.width}"
@@ -350,6 +414,9 @@ def run(args) -> int:
             estimate_s=estimate_seconds("mc", mc_millions) if mc_millions else None,
         ):
             images = np.asarray(render(params, volume, jnp.asarray(Ps[np.asarray(pad)]), keys))
+            paths = None
+            if tools and args.save_npz:
+                paths = np.asarray(tool_paths(scene.replace(ct=volume), jnp.asarray(Ps[np.asarray(pad)])))
         if mc_millions:
             record_seconds("mc", mc_millions, time.perf_counter() - t_batch)
         if series and shared_window is None and not stores_float(outs[0], bit_depth):
@@ -371,6 +438,7 @@ def run(args) -> int:
             if npzs[i] is not None:
                 P = Ps[i]
                 K, R, t = decompose_projection(P)
+                extra = {} if not tools else tool_metadata(tool_specs, tools, P, paths[j])
                 make_parent_dir(npzs[i])
                 jaxdrr.save_npz(
                     npzs[i],
@@ -401,6 +469,7 @@ def run(args) -> int:
                     material_names=list(materials.names),
                     scatter=args.scatter,
                     grid=bool(args.grid),
+                    **extra,
                 )
         bar.update(len(idx))
     bar.close()

@@ -15,11 +15,15 @@ Entry points::
     jaxdrr.datasets.write_example_spec("pelvis.toml")     # or: jaxdrr dataset init pelvis.toml
     jaxdrr.datasets.generate("pelvis.toml", "data/")      # or: jaxdrr dataset --config ... --out ...
     samples = jaxdrr.datasets.open("data/")               # samples[i]["image"], ["P"], ...
+
+Surgical tools (``[[tools]]``: K-wires, screws, plates, guidewires, mesh files) are placed per image
+(fixed, or drawn: entry region, direction cone, depth), rendered as scene objects
+(:mod:`jaxdrr.scene`) and annotated (masks, keypoints, path lengths): :mod:`jaxdrr.datasets.tools`.
 """
 
 from jaxdrr.datasets.coco import coco_dict, rle_decode, rle_encode, write_coco
 from jaxdrr.datasets.generate import Report, Shard, finalize, generate, plan_shards
-from jaxdrr.datasets.sampling import draw, sample_key
+from jaxdrr.datasets.sampling import draw, draw_tools, sample_key
 from jaxdrr.datasets.spec import (
     EXAMPLE_SPEC,
     AnnotationSpec,
@@ -30,12 +34,16 @@ from jaxdrr.datasets.spec import (
     PhysicsSpec,
     PoseSpec,
     SpecError,
+    ToolPlacement,
+    ToolPose,
+    ToolSpec,
     load_spec,
     spec_digest,
     spec_from_dict,
     write_example_spec,
 )
 from jaxdrr.datasets.store import Dataset, DatasetError, DatasetWriteError, open_dataset
+from jaxdrr.datasets.tools import ToolGeometry, build_tools, ct_bounds
 
 open = open_dataset  # noqa: A001 - jaxdrr.datasets.open(path), as the issue names it
 
@@ -47,6 +55,13 @@ __all__ = [
     "PhysicsSpec",
     "AnnotationSpec",
     "OutputSpec",
+    "ToolSpec",
+    "ToolPose",
+    "ToolPlacement",
+    "ToolGeometry",
+    "build_tools",
+    "ct_bounds",
+    "draw_tools",
     "SpecError",
     "EXAMPLE_SPEC",
     "load_spec",

@@ -12,6 +12,12 @@ empty ``skeleton``; one category per label name), and ``annotations``:
 * masks: ``segmentation`` as uncompressed RLE (``{"size": [H, W], "counts": [...]}``, column-major
   runs starting with background, as ``pycocotools.mask.frPyObjects`` reads it), ``area`` (pixels)
   and ``bbox``; ``iscrowd`` 0. Empty masks are left out.
+* tools (``[[tools]]``): one annotation per tool present in the image with a non-empty mask or a
+  visible keypoint, in a category per tool (``name`` = the tool's name, ``supercategory`` ``"tool"``,
+  ``kind``, ``keypoints`` = its landmark names, e.g. ``base``, ``tip``): ``segmentation`` (RLE of
+  the tool mask: path length > 0, the pixels whose ray crosses the tool), ``area``, ``bbox`` (of the
+  mask, else of the visible keypoints), ``keypoints`` [x, y, v] * K with ``v = 2`` for a keypoint in
+  front of the source and inside the detector, else ``v = 0`` and x = y = 0, ``num_keypoints``.
 """
 
 from __future__ import annotations
@@ -50,6 +56,57 @@ def _bbox(mask: np.ndarray) -> list[float]:
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
+
+
+def _keypoint_list(xy: np.ndarray, visible: np.ndarray) -> list[float]:
+    """COCO ``[x, y, v] * K`` (COCO coordinates: the image's top-left corner is (0, 0))."""
+    kps = np.where(visible[:, None], xy + 0.5, 0.0)
+    flat = np.concatenate([kps, np.where(visible, 2, 0)[:, None]], axis=1).ravel().tolist()
+    return [round(x, 3) for x in flat]
+
+
+def _tool_annotations(f, row: int, image_id: int, annotations: list, category) -> None:
+    """Appends the tool annotations of one image (see the module doc)."""
+    names = json.loads(f.attrs["tool_names"])
+    kinds = json.loads(f.attrs["tool_kinds"])
+    keypoint_names = json.loads(f.attrs["tool_keypoint_names"])
+    present = np.asarray(f["tool_present"][row])
+    masks = np.asarray(f["tool_masks"][row]).astype(bool)
+    xy_all = np.asarray(f["tool_keypoints_2d"][row], np.float64)
+    vis_all = np.asarray(f["tool_keypoints_visible"][row])
+    for t, name in enumerate(names):
+        count = len(keypoint_names[t])
+        mask, xy, vis = masks[t], xy_all[t, :count], vis_all[t, :count]
+        if not present[t] or not (mask.any() or vis.any()):
+            continue
+        cid = category(
+            ("tool", name),
+            {
+                "name": name,
+                "supercategory": "tool",
+                "kind": kinds[t],
+                "keypoints": list(keypoint_names[t]),
+                "skeleton": [],
+            },
+        )
+        if mask.any():
+            bbox = _bbox(mask)
+        else:
+            lo, hi = xy[vis].min(axis=0) + 0.5, xy[vis].max(axis=0) + 0.5
+            bbox = [float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])]
+        annotations.append(
+            {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": cid,
+                "segmentation": rle_encode(mask),
+                "area": int(mask.sum()),
+                "bbox": bbox,
+                "keypoints": _keypoint_list(xy, vis),
+                "num_keypoints": int(vis.sum()),
+                "iscrowd": 0,
+            }
+        )
 
 
 def coco_dict(dataset) -> dict:
@@ -134,6 +191,8 @@ def coco_dict(dataset) -> dict:
                             "iscrowd": 0,
                         }
                     )
+            if "tool_masks" in fields:
+                _tool_annotations(f, row, int(sample_index), annotations, category)
     return {
         "info": {"description": "jaxdrr synthetic X-ray dataset", "version": "1.0"},
         "images": images,

@@ -174,12 +174,19 @@ class _Writer(threading.Thread):
                 arrays[name] = arrays[name].astype(np.float16)
         if "masks" in arrays:
             arrays[store.PACKED_MASKS] = store.pack_masks(arrays.pop("masks"))
+        if "tool_masks" in arrays:
+            arrays["tool_masks"] = arrays["tool_masks"].astype(np.uint8)
         arrays["image"] = arrays["image"].astype(self.image_dtype)
         return arrays
 
 
-def _load_ct_on_device(spec: DatasetSpec, entry, config):
-    """Loads and decomposes one CT; returns (ct pytree for the sampler, assets)."""
+def _load_ct_on_device(spec: DatasetSpec, entry, config, tool_objects=()):
+    """Loads and decomposes one CT; returns (ct pytree for the sampler, assets).
+
+    With ``tool_objects`` the pytree holds the scene of the density volume and the tools, the
+    label indicators as a volume of their own, and the CT's bounding box
+    (:func:`jaxdrr.datasets.pipeline.make_sample_fn`).
+    """
     import jax.numpy as jnp
 
     from jaxdrr.datasets.sources import load_ct, one_hot
@@ -189,7 +196,29 @@ def _load_ct_on_device(spec: DatasetSpec, entry, config):
     assets = load_ct(spec, entry)
     density = decompose(None, assets.volume, config.materials)
     data, names = jnp.asarray(density.data), density.channel_names
-    if assets.labels is not None and (spec.annotations.masks or spec.annotations.path_lengths):
+    if tool_objects:
+        from jaxdrr.datasets.tools import ct_bounds
+        from jaxdrr.scene import Scene
+
+        volume = Volume(data=data, affine_key=density.affine_key, kind="density", channel_names=tuple(names))
+        labels = None
+        if assets.labels is not None and (spec.annotations.masks or spec.annotations.path_lengths):
+            labels = Volume(
+                data=jnp.asarray(one_hot(assets.labels, assets.label_ids), data.dtype),
+                affine_key=density.affine_key,
+                kind="density",
+                channel_names=tuple(assets.label_names),
+            )
+        ct = {
+            "scene": Scene.create(ct=volume, objects=tool_objects),
+            "labels": labels,
+            "bounds": jnp.asarray(ct_bounds(assets.volume), jnp.result_type(float)),
+        }
+    if (
+        assets.labels is not None
+        and not tool_objects
+        and (spec.annotations.masks or spec.annotations.path_lengths)
+    ):
         # Label indicators become extra channels of the same volume: one ray march gives the
         # material line integrals and the label path lengths.
         indicators = jnp.asarray(one_hot(assets.labels, assets.label_ids), data.dtype)
@@ -199,11 +228,8 @@ def _load_ct_on_device(spec: DatasetSpec, entry, config):
     if assets.landmarks is not None and spec.annotations.landmarks:
         landmarks = jnp.asarray(assets.landmarks, jnp.result_type(float))
     iso = assets.volume.center if spec.pose.isocenter_mm == "center" else np.asarray(spec.pose.isocenter_mm)
-    ct = {
-        "volume": volume,
-        "landmarks": landmarks,
-        "isocenter": jnp.asarray(iso, jnp.result_type(float)),
-    }
+    common = {"landmarks": landmarks, "isocenter": jnp.asarray(iso, jnp.result_type(float))}
+    ct = {**ct, **common} if tool_objects else {"volume": volume, **common}
     return ct, assets
 
 
@@ -322,10 +348,12 @@ def generate(
 def _render_shards(spec, out, todo, report, progress, tqdm, pipeline) -> None:
     import jax.numpy as jnp
 
+    from jaxdrr.datasets.tools import build_tools, tool_materials
     from jaxdrr.materials import as_material_config
 
     config = pipeline.render_config(spec)
-    tables = pipeline.physics_tables(spec)
+    tool_objects, tool_geometry = build_tools(spec)
+    tables = pipeline.physics_tables(spec, tool_materials(tool_geometry))
     n_dev = jax.local_device_count()
     B = spec.output.batch_size
     B = int(math.ceil(B / n_dev) * n_dev)  # the batch axis is split over the local devices
@@ -348,7 +376,7 @@ def _render_shards(spec, out, todo, report, progress, tqdm, pipeline) -> None:
             entry = spec.cts[ct_index]
             failure_file = out / store.FAILURE_DIR / f"ct-{ct_index:04d}.json"
             try:
-                ct, assets = _load_ct_on_device(spec, entry, config)
+                ct, assets = _load_ct_on_device(spec, entry, config, tool_objects)
             except (JaxdrrError, OSError, ValueError) as e:
                 message = f"{type(e).__name__}: {e}"
                 log.error(
@@ -366,8 +394,13 @@ def _render_shards(spec, out, todo, report, progress, tqdm, pipeline) -> None:
                 continue
             failure_file.unlink(missing_ok=True)
             nl = 0 if ct["landmarks"] is None else len(assets.landmark_names)
-            nk = ct["volume"].data.shape[0] - len(material_names)
-            fn = batch_fns.setdefault((nl, nk), pipeline.make_batch_fn(spec, nl, nk))
+            if tool_geometry:
+                nk = 0 if ct["labels"] is None else ct["labels"].data.shape[0]
+            else:
+                nk = ct["volume"].data.shape[0] - len(material_names)
+            if (nl, nk) not in batch_fns:
+                batch_fns[nl, nk] = pipeline.make_batch_fn(spec, nl, nk, tools=tool_geometry)
+            fn = batch_fns[nl, nk]
             attrs = {
                 "mask_count": nk if spec.annotations.masks else 0,
                 "ct": entry.name,
@@ -375,9 +408,16 @@ def _render_shards(spec, out, todo, report, progress, tqdm, pipeline) -> None:
                 "landmark_names": list(assets.landmark_names) if nl else [],
                 "label_names": list(assets.label_names) if nk else [],
                 "label_ids": list(assets.label_ids) if nk else [],
-                "material_names": list(material_names),
+                # With tools, the line integrals' channels go on with one per tool material.
+                "material_names": [*material_names, *tool_materials(tool_geometry)],
                 "spec_digest": digest,
             }
+            if tool_geometry:
+                attrs.update(
+                    tool_names=[g.name for g in tool_geometry],
+                    tool_kinds=[g.kind for g in tool_geometry],
+                    tool_keypoint_names=[list(g.keypoint_names) for g in tool_geometry],
+                )
             log.info("CT %d (%s): %s, %d shard(s)", ct_index, entry.name, assets.volume.shape, len(ct_shards))
             for shard in ct_shards:
                 shard_entry = {

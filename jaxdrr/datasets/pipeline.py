@@ -70,15 +70,21 @@ def spectra_table(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
     return energies, np.stack(rows)
 
 
-def physics_tables(spec: DatasetSpec) -> dict:
+def physics_tables(spec: DatasetSpec, tool_materials: tuple[str, ...] = ()) -> dict:
     """The shared tables (see the module doc) as a pytree of device arrays.
 
     Energies at which every spectrum is zero are dropped, and each spectrum sums to 1.
+    ``tool_materials`` (:func:`jaxdrr.datasets.tools.tool_materials`) adds ``"object_mu_rho"``, the
+    tools' mass attenuation on the same grid (:func:`jaxdrr.scene.with_object_materials`).
     """
     config = render_config(spec)
     energies, spectra = spectra_table(spec)
     params = physics_params(config.materials.table_names, energies, spectra)
     tables = {"energies": params["energies"], "spectra": params["spectrum"], "mu_rho": params["mu_rho"]}
+    if tool_materials:
+        from jaxdrr.scene import OBJECT_MU_RHO, with_object_materials
+
+        tables[OBJECT_MU_RHO] = with_object_materials(tables, tool_materials)[OBJECT_MU_RHO]
     if config.scatter is not None:
         from jaxdrr.models import scatter_net
 
@@ -86,12 +92,22 @@ def physics_tables(spec: DatasetSpec) -> dict:
     return tables
 
 
-def make_sample_fn(spec: DatasetSpec, landmark_count: int, label_count: int):
+def make_sample_fn(spec: DatasetSpec, landmark_count: int, label_count: int, tools: tuple = ()):
     """``sample(tables, ct, index) -> dict`` of one sample (see the module doc).
 
-    ``ct`` is ``{"volume": Volume, "landmarks": [L, 3] | None, "isocenter": [3]}``: the volume's
-    channels are the material densities (g/cm^3) followed by ``label_count`` label indicators (0/1),
-    so one ray march gives both the line integrals and the label path lengths. The returned arrays are described in :mod:`jaxdrr.datasets.store`.
+    Without tools, ``ct`` is ``{"volume": Volume, "landmarks": [L, 3] | None, "isocenter": [3]}``:
+    the volume's channels are the material densities (g/cm^3) followed by ``label_count`` label
+    indicators (0/1), so one ray march gives both the line integrals and the label path lengths.
+
+    With ``tools`` (:class:`jaxdrr.datasets.tools.ToolGeometry` per ``spec.tools``), ``ct`` holds
+    instead ``"scene"`` (a :class:`jaxdrr.scene.Scene` of the density volume and the tools' mesh
+    objects), ``"labels"`` (the label indicator Volume, or None) and ``"bounds"`` ([2, 3], the CT's
+    world bounding box). The tools' poses are drawn (:func:`jaxdrr.datasets.sampling.draw_tools`),
+    absent ones moved out of the field of view, and the scene's line integrals
+    (:func:`jaxdrr.scene.scene_line_integrals`: tissue minus what the tools displace, plus one
+    channel per tool material) go through the same spectral image formation. Label path lengths
+    are the anatomy's (tools do not change them). The returned arrays are described in
+    :mod:`jaxdrr.datasets.store`.
     """
     config = render_config(spec)
     ann = spec.annotations
@@ -100,7 +116,8 @@ def make_sample_fn(spec: DatasetSpec, landmark_count: int, label_count: int):
     n_materials = len(channel_names)
 
     def sample(tables, ct, index):
-        d = sampling.draw(spec, sampling.sample_key(spec.seed, index), ct["isocenter"], channel_names)
+        key = sampling.sample_key(spec.seed, index)
+        d = sampling.draw(spec, key, ct["isocenter"], channel_names)
         cam = sampling.camera(spec, d)
         P = cam["P"]
         params = {
@@ -109,10 +126,23 @@ def make_sample_fn(spec: DatasetSpec, landmark_count: int, label_count: int):
             "mu_rho": tables["mu_rho"],
             "sdd_mm": d["sdd_mm"],
         }
-        # One ray march for the material channels and the label indicators together.
-        vol = ct["volume"]
-        L_all = project(vol.data, vol.affine, P, H, W, step_mm=config.step_mm, backend=config.backend)
-        L = L_all[..., :n_materials] / MM_PER_CM * d["density_scale"]  # g/cm^2
+        tool_out = {}
+        if tools:
+            vol = ct["scene"].ct
+            L, params["mu_rho"], tool_out = _tool_line_integrals(config, spec, tools, tables, ct, key, d, cam)
+            L = jnp.concatenate([L[..., :n_materials] * d["density_scale"], L[..., n_materials:]], -1)
+            label_paths = None
+            if label_count and (ann.masks or ann.path_lengths):
+                labels = ct["labels"]
+                label_paths = project(
+                    labels.data, labels.affine, P, H, W, step_mm=config.step_mm, backend=config.backend
+                )
+        else:
+            # One ray march for the material channels and the label indicators together.
+            vol = ct["volume"]
+            L_all = project(vol.data, vol.affine, P, H, W, step_mm=config.step_mm, backend=config.backend)
+            L = L_all[..., :n_materials] / MM_PER_CM * d["density_scale"]  # g/cm^2
+            label_paths = L_all[..., n_materials:]
         moments = primary_moments(params, L)  # once: for the image and the scatter network
         scatter = None
         if config.scatter is not None:
@@ -132,6 +162,7 @@ def make_sample_fn(spec: DatasetSpec, landmark_count: int, label_count: int):
             **{k: d[k] for k in ("lao_deg", "cran_deg", "isocenter_mm", "sdd_mm", "sid_mm", "pixel_mm")},
             **{k: d[k] for k in ("kvp", "photons_per_pixel", "density_scale")},
             "scatter": d["scatter"] if config.scatter is not None else jnp.asarray(False),
+            **tool_out,
         }
         if ann.line_integrals:
             out["line_integrals"] = L
@@ -156,7 +187,7 @@ def make_sample_fn(spec: DatasetSpec, landmark_count: int, label_count: int):
                 out["heatmaps"] = jnp.where(visible[:, None, None], heat, 0.0)
         if label_count and (ann.masks or ann.path_lengths):
             # Path length (mm) through each label: the line integral of its indicator volume.
-            path = jnp.moveaxis(L_all[..., n_materials:], -1, 0)
+            path = jnp.moveaxis(label_paths, -1, 0)
             if ann.masks:
                 out["masks"] = path > ann.mask_threshold_mm
             if ann.path_lengths:
@@ -166,13 +197,82 @@ def make_sample_fn(spec: DatasetSpec, landmark_count: int, label_count: int):
     return sample
 
 
-def make_batch_fn(spec: DatasetSpec, landmark_count: int, label_count: int, devices=None):
+def _tool_line_integrals(config, spec, tools, tables, ct, key, d, cam):
+    """Line integrals [H, W, M + K] (g/cm^2) of the CT and the posed tools, their mass attenuation
+    [M + K, E], and the per-image tool annotations (see :mod:`jaxdrr.datasets.store`)."""
+    from jaxdrr.geometry.rigid import RigidTransform
+    from jaxdrr.scene import OBJECT_MU_RHO, object_path_lengths, project_landmarks, scene_line_integrals
+
+    H, W = config.height, config.width
+    P = cam["P"]
+    draws = sampling.draw_tools(spec, tools, key, ct["bounds"])
+    present = draws["present"]
+    # An absent tool is moved sideways (along the camera's x axis, perpendicular to the principal
+    # ray) far enough that no pixel ray reaches it: beyond the cone of rays through the detector's
+    # diagonal at every depth the tool spans. The scene keeps the same objects in every image.
+    source = source_position(P)
+    distance = jnp.linalg.norm(d["isocenter_mm"] - source)
+    tan_cone = jnp.hypot(H, W) * d["pixel_mm"] / d["sdd_mm"]
+    poses, drawn, keypoints = {}, [], []
+    for i, geo in enumerate(tools):
+        pose = sampling.tool_pose(spec, tools, draws, i)
+        drawn.append(pose)
+        far = 4.0 * (distance + geo.radius) * (1.0 + tan_cone)
+        centroid = pose.apply(jnp.asarray(geo.centroid, P.dtype))
+        shift = d["isocenter_mm"] + far * cam["R"][0] - centroid
+        translation = pose.translation + jnp.where(present[i], 0.0, 1.0) * shift
+        poses[geo.name] = RigidTransform(pose.rotation, translation, pose.pivot)
+        keypoints.append(
+            project_landmarks(P, pose, dict(zip(geo.keypoint_names, geo.keypoint_array(), strict=True)))
+        )
+    scene = ct["scene"].with_poses(poses)
+    scene_params = {
+        "energies": tables["energies"],
+        "mu_rho": tables["mu_rho"],
+        OBJECT_MU_RHO: tables[OBJECT_MU_RHO],
+    }
+    L, mu_rho = scene_line_integrals(config, scene_params, scene, P)
+    paths = object_path_lengths(config, scene, P)
+    path = jnp.stack([paths[geo.name] for geo in tools])
+    # Keypoints padded to the largest count; padding is never visible.
+    K = max(len(geo.keypoint_names) for geo in tools)
+    xy = jnp.zeros((len(tools), K, 2), P.dtype)
+    depth = jnp.zeros((len(tools), K), P.dtype)
+    valid = np.zeros((len(tools), K), bool)
+    for i, geo in enumerate(tools):
+        for k, name in enumerate(geo.keypoint_names):
+            uv, z = keypoints[i][name]
+            xy = xy.at[i, k].set(uv)
+            depth = depth.at[i, k].set(z)
+            valid[i, k] = True
+    x, y = xy[..., 0], xy[..., 1]
+    in_image = (x >= -0.5) & (x <= W - 0.5) & (y >= -0.5) & (y <= H - 0.5) & jnp.isfinite(x + y)
+    visible = jnp.asarray(valid) & present[:, None] & (depth > 0) & in_image
+    out = {
+        "tool_present": present,
+        "tool_pose": jnp.stack([pose.matrix() for pose in drawn]),
+        "tool_entry_mm": draws["entry_mm"],
+        "tool_direction": draws["direction"],
+        "tool_depth_mm": draws["depth_mm"],
+        "tool_spin_deg": draws["spin_deg"],
+        "tool_keypoints_2d": xy,
+        "tool_keypoints_depth_mm": depth,
+        "tool_keypoints_visible": visible,
+        "tool_masks": path > 0,
+    }
+    if spec.annotations.tool_path_length:
+        out["tool_path_length_mm"] = path
+    return L, mu_rho, out
+
+
+def make_batch_fn(spec: DatasetSpec, landmark_count: int, label_count: int, devices=None, tools: tuple = ()):
     """``batch(tables, ct, indices [B]) -> dict of [B, ...]``: the vmapped, jitted sampler.
 
     With several ``devices`` (default: the local devices) the batch axis is sharded across them
-    (``B`` must then be a multiple of their number; the generator pads batches).
+    (``B`` must then be a multiple of their number; the generator pads batches). ``tools``: see
+    :func:`make_sample_fn`.
     """
-    fn = jax.vmap(make_sample_fn(spec, landmark_count, label_count), in_axes=(None, None, 0))
+    fn = jax.vmap(make_sample_fn(spec, landmark_count, label_count, tools), in_axes=(None, None, 0))
     devices = list(jax.local_devices() if devices is None else devices)
     if len(devices) == 1:
         return jax.jit(fn)

@@ -64,6 +64,8 @@ SPECTRA = ("ipem78", "spekpy")
 OUTPUTS = ("log", "transmission")
 IMAGE_DTYPES = ("float32", "float16")
 COMPRESSIONS = ("gzip", "lzf", "none")
+TOOL_KINDS = ("kwire", "screw", "plate", "guidewire", "catheter", "mesh")
+TOOL_FRAMES = ("ct", "world")
 
 
 class SpecError(JaxdrrError):
@@ -185,6 +187,8 @@ class AnnotationSpec:
       path_lengths: also store the per-label path length (mm, float16).
       line_integrals: store the per-material line integrals (g/cm^2, float16 [H, W, M]) so image
         formation can be redone later without re-projecting.
+      tool_path_length: store each tool's path length image (mm, float16 [T, H, W]; needs
+        ``[[tools]]``). Tool masks and keypoints are always stored when the spec has tools.
     """
 
     landmarks: bool = True
@@ -194,6 +198,7 @@ class AnnotationSpec:
     mask_threshold_mm: float = 0.0
     path_lengths: bool = False
     line_integrals: bool = False
+    tool_path_length: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +222,93 @@ class OutputSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class ToolPose:
+    """A fixed tool pose: ``x_world = R(rotation_deg) x_tool + origin + translation_mm``.
+
+    ``rotation_deg`` is a rotation vector (axis x angle) in degrees, about the tool frame's origin
+    (the instrument's base, :mod:`jaxdrr.instruments`); ``origin`` is the CT's centre
+    (``frame = "ct"``) or the world origin (``frame = "world"``).
+    """
+
+    rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    translation_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolPlacement:
+    """A random tool pose per image: an entry point, a direction in a cone, a depth and a spin.
+
+    The tool's axis (its ``base`` -> ``tip`` landmarks) is aligned with a direction ``d`` drawn
+    uniformly (in solid angle) within ``cone_deg`` of ``direction``; the axis passes through the
+    *entry point* ``E`` (the point where the tool enters the patient), drawn uniformly in a box or
+    ball; the tip sits at ``E + depth d`` (``depth_mm`` drawn uniformly: how far the tool was
+    advanced); the tool turns by ``spin_deg`` about its axis (from an arbitrary reference).
+
+    Attributes:
+      entry_shape: ``"box"`` or ``"sphere"``.
+      entry_center: the region's centre: mm in the tool's frame (``entry_center_units = "mm"``;
+        relative to the CT's centre for ``frame = "ct"``), or fractions of the CT's world bounding box
+        (``"fraction"``: 0 = low corner, 1 = high corner per world axis).
+      entry_center_units: ``"mm"`` or ``"fraction"``.
+      entry_size: box half sizes per world axis, or the ball's radius (three equal numbers).
+      entry_size_units: ``"mm"`` or ``"fraction"`` (of the CT's bounding-box size per axis).
+      direction: unit mean direction (world axes, RAS+).
+      cone_deg: half-angle of the direction cone (0: always ``direction``; 180: any direction).
+      depth_mm: range of the tip's advance from the entry point along ``d`` (negative: short of it).
+      spin_deg: range of the rotation about the axis.
+    """
+
+    entry_shape: str = "box"
+    entry_center: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    entry_center_units: str = "mm"
+    entry_size: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    entry_size_units: str = "mm"
+    direction: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    cone_deg: float = 0.0
+    depth_mm: Range = (0.0, 0.0)
+    spin_deg: Range = (0.0, 360.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolSpec:
+    """One surgical tool placed in every image (or with ``probability``).
+
+    Attributes:
+      name: unique name (default the kind, numbered when a kind repeats): the COCO category.
+      kind: ``"kwire"``, ``"screw"``, ``"plate"``, ``"guidewire"``, ``"catheter"``
+        (:mod:`jaxdrr.instruments`) or ``"mesh"`` (a mesh file).
+      params: ``((name, value), ...)`` keyword arguments of the instrument function (e.g.
+        ``diameter_mm``); lists become tuples.
+      path: ``"mesh"`` only: the mesh file (relative to the spec file).
+      scale: ``"mesh"`` only: factor to millimetres (e.g. 1000 for a file in metres).
+      landmarks: ``"mesh"`` only: ``((name, (x, y, z)), ...)`` in the mesh's frame (mm, after
+        ``scale``); random placement needs ``tip`` and ``base``.
+      material: attenuation-table material (None: the instrument's default; required for meshes).
+      density: g/cm^3 (None: the material's nominal density or the instrument's).
+      displaces: the tool replaces the tissue it occupies (True) or lies on top of it.
+      frame: ``"ct"`` (mm offsets from the CT's centre, world axes) or ``"world"`` (world mm).
+      probability: probability that the tool is in an image (absent tools are moved out of the
+        field of view; the scene's objects are the same in every image).
+      pose: a fixed pose (:class:`ToolPose`), or None.
+      placement: a random placement (:class:`ToolPlacement`), or None (exactly one of the two).
+    """
+
+    name: str
+    kind: str
+    params: tuple[tuple[str, Any], ...] = ()
+    path: str | None = None
+    scale: float = 1.0
+    landmarks: tuple[tuple[str, tuple[float, float, float]], ...] = ()
+    material: str | None = None
+    density: float | None = None
+    displaces: bool = True
+    frame: str = "ct"
+    probability: float = 1.0
+    pose: ToolPose | None = None
+    placement: ToolPlacement | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """A whole dataset: ``images_per_ct`` images of each CT in ``cts``."""
 
@@ -229,6 +321,7 @@ class DatasetSpec:
     physics: PhysicsSpec = PhysicsSpec()
     annotations: AnnotationSpec = AnnotationSpec()
     output: OutputSpec = OutputSpec()
+    tools: tuple[ToolSpec, ...] = ()
     base_dir: str = dataclasses.field(default=".", compare=False)
 
     @property
@@ -239,6 +332,10 @@ class DatasetSpec:
         """The normalised spec as plain JSON types (without ``base_dir``)."""
         d = dataclasses.asdict(self)
         d.pop("base_dir")
+        if not self.tools:
+            # A spec without tools has the digest it had before tools existed (old datasets resume).
+            d.pop("tools")
+            d["annotations"].pop("tool_path_length")
         return d
 
     def resolve(self, path: str) -> Path:
@@ -539,6 +636,7 @@ def _parse_annotations(t) -> AnnotationSpec:
         ),
         path_lengths=_bool(t.get("path_lengths", d.path_lengths), "annotations.path_lengths"),
         line_integrals=_bool(t.get("line_integrals", d.line_integrals), "annotations.line_integrals"),
+        tool_path_length=_bool(t.get("tool_path_length", d.tool_path_length), "annotations.tool_path_length"),
     )
 
 
@@ -558,14 +656,241 @@ def _parse_output(t) -> OutputSpec:
     )
 
 
+def instrument_function(kind: str):
+    """The :mod:`jaxdrr.instruments` builder of a tool kind (None for ``"mesh"``)."""
+    if kind == "mesh":
+        return None
+    from jaxdrr import instruments
+
+    return getattr(instruments, kind)
+
+
+def _plain_value(value, where: str):
+    """A TOML/YAML parameter value as a hashable plain value (lists -> tuples), checked finite."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value  # integers stay integers (segment and hole counts)
+    if isinstance(value, float):
+        return _number(value, where)
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain_value(v, where) for v in value)
+    _fail(where, f"expected a number, string, boolean or list, got {value!r}")
+
+
+def _vector(value, where: str, **kw) -> tuple[float, float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        _fail(where, f"expected 3 numbers [x, y, z], got {value!r}")
+    return tuple(_number(v, where, **kw) for v in value)
+
+
+def _parse_instrument_params(kind: str, table, where: str) -> tuple[tuple[str, Any], ...]:
+    import inspect
+
+    if not isinstance(table, Mapping):
+        _fail(where, f"expected a table of {kind} parameters, got {table!r}")
+    fn = instrument_function(kind)
+    signature = inspect.signature(fn).parameters
+    own = {"material", "density"}  # tool-level keys, not parameters
+    allowed = sorted(set(signature) - own)
+    for key in table:
+        if key in own:
+            _fail(f"{where}.{key}", f"set the tool's {key} = ... beside params, not inside it")
+        if key not in signature:
+            _fail(f"{where}.{key}", f"unknown {kind} parameter; allowed: {', '.join(allowed)}")
+    missing = [
+        k
+        for k, p in signature.items()
+        if p.default is inspect.Parameter.empty and k not in table and k not in own
+    ]
+    if missing:
+        _fail(where, f"the {kind} needs parameter(s) {', '.join(missing)}")
+    return tuple((k, _plain_value(table[k], f"{where}.{k}")) for k in sorted(table))
+
+
+def _parse_tool_pose(t, where: str) -> ToolPose:
+    _check_keys(t, {"rotation_deg", "translation_mm"}, where)
+    return ToolPose(
+        rotation_deg=_vector(t.get("rotation_deg", [0, 0, 0]), f"{where}.rotation_deg"),
+        translation_mm=_vector(t.get("translation_mm", [0, 0, 0]), f"{where}.translation_mm"),
+    )
+
+
+def _parse_placement(item, where: str) -> ToolPlacement:
+    entry, direction = item.get("entry"), item.get("direction")
+    if entry is None or direction is None:
+        _fail(
+            where, "random placement needs both entry = {...} and direction = {...} (or a fixed pose = {...})"
+        )
+    w = f"{where}.entry"
+    _check_keys(entry, {"center_mm", "center_fraction", "half_size_mm", "half_size_fraction", "radius_mm"}, w)
+    if ("center_mm" in entry) == ("center_fraction" in entry):
+        _fail(w, "give exactly one of center_mm = [x, y, z] or center_fraction = [fx, fy, fz]")
+    if "center_mm" in entry:
+        center, center_units = _vector(entry["center_mm"], f"{w}.center_mm"), "mm"
+    else:
+        center, center_units = _vector(entry["center_fraction"], f"{w}.center_fraction"), "fraction"
+    sizes = [k for k in ("half_size_mm", "half_size_fraction", "radius_mm") if k in entry]
+    if len(sizes) > 1:
+        _fail(
+            w,
+            f"give at most one of half_size_mm, half_size_fraction (box) or radius_mm (sphere), got {sizes}",
+        )
+    shape, size, size_units = "box", (0.0, 0.0, 0.0), "mm"
+    if sizes == ["radius_mm"]:
+        r = _number(entry["radius_mm"], f"{w}.radius_mm", nonneg=True)
+        shape, size = "sphere", (r, r, r)
+    elif sizes:
+        value = entry[sizes[0]]
+        value = value if isinstance(value, list) else [value] * 3
+        size = _vector(value, f"{w}.{sizes[0]}", nonneg=True)
+        size_units = "fraction" if sizes[0] == "half_size_fraction" else "mm"
+    w = f"{where}.direction"
+    _check_keys(direction, {"mean", "cone_deg"}, w)
+    if "mean" not in direction:
+        _fail(f"{w}.mean", "give the mean direction [x, y, z] (world axes)")
+    mean = _vector(direction["mean"], f"{w}.mean")
+    norm = math.sqrt(sum(v * v for v in mean))
+    if norm == 0:
+        _fail(f"{w}.mean", "the direction must not be zero")
+    cone = _number(direction.get("cone_deg", 0.0), f"{w}.cone_deg", lo=0.0, hi=180.0)
+    return ToolPlacement(
+        entry_shape=shape,
+        entry_center=center,
+        entry_center_units=center_units,
+        entry_size=size,
+        entry_size_units=size_units,
+        direction=tuple(v / norm for v in mean),
+        cone_deg=cone,
+        depth_mm=_range(item.get("depth_mm", 0.0), f"{where}.depth_mm"),
+        spin_deg=_range(item.get("spin_deg", [0.0, 360.0]), f"{where}.spin_deg"),
+    )
+
+
+def _parse_tools(items, where: str = "tools") -> tuple[ToolSpec, ...]:
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        _fail(where, "expected an array of tables [[tools]]")
+    from jaxdrr.physics.attenuation import available_materials
+
+    allowed = {
+        "name",
+        "kind",
+        "params",
+        "path",
+        "scale",
+        "landmarks",
+        "material",
+        "density",
+        "displaces",
+        "frame",
+        "probability",
+        "pose",
+        "entry",
+        "direction",
+        "depth_mm",
+        "spin_deg",
+    }
+    tools: list[ToolSpec] = []
+    kinds = [item.get("kind") if isinstance(item, Mapping) else None for item in items]
+    for i, item in enumerate(items):
+        w = f"{where}[{i}]"
+        _check_keys(item, allowed, w)
+        if "kind" not in item:
+            _fail(f"{w}.kind", f"give the tool kind, one of {', '.join(map(repr, TOOL_KINDS))}")
+        kind = _choice(item["kind"], TOOL_KINDS, f"{w}.kind")
+        path, scale, landmarks, params = None, 1.0, (), ()
+        if kind == "mesh":
+            if "path" not in item:
+                _fail(f"{w}.path", "a mesh tool needs path = '<mesh file>' (STL, OBJ, PLY, ...)")
+            path = _string(item["path"], f"{w}.path")
+            scale = _number(item.get("scale", 1.0), f"{w}.scale", positive=True)
+            if "params" in item:
+                _fail(f"{w}.params", "a mesh tool has no instrument parameters (use path, scale, landmarks)")
+            if "material" not in item:
+                _fail(f"{w}.material", "a mesh tool needs material = '<attenuation-table name>'")
+            marks = item.get("landmarks", {})
+            if not isinstance(marks, Mapping):
+                _fail(f"{w}.landmarks", "expected a table {name = [x, y, z]} (mesh frame, mm)")
+            landmarks = tuple((str(k), _vector(v, f"{w}.landmarks.{k}")) for k, v in sorted(marks.items()))
+        else:
+            for key in ("path", "scale", "landmarks"):
+                if key in item:
+                    _fail(f"{w}.{key}", "only for kind = 'mesh'")
+            params = _parse_instrument_params(kind, item.get("params", {}), f"{w}.params")
+        material = item.get("material")
+        if material is not None and material not in available_materials():
+            _fail(
+                f"{w}.material", f"unknown material {material!r}; valid: {', '.join(available_materials())}"
+            )
+        density = item.get("density")
+        if density is not None:
+            density = _number(density, f"{w}.density", positive=True)
+        if kinds.count(kind) > 1:
+            default_name = f"{kind}-{kinds[:i].count(kind)}"
+        else:
+            default_name = kind
+        name = _string(item.get("name", default_name), f"{w}.name")
+        random_keys = [k for k in ("entry", "direction", "depth_mm", "spin_deg") if k in item]
+        pose = placement = None
+        if "pose" in item:
+            if random_keys:
+                _fail(w, f"give a fixed pose or a random placement, not both (found pose and {random_keys})")
+            pose = _parse_tool_pose(item["pose"], f"{w}.pose")
+        elif random_keys:
+            placement = _parse_placement(item, w)
+            if kind == "mesh" and not {"tip", "base"} <= {k for k, _ in landmarks}:
+                _fail(f"{w}.landmarks", "random placement of a mesh needs its tip and base landmarks")
+        else:
+            _fail(w, "place the tool: pose = {rotation_deg, translation_mm}, or entry + direction + depth_mm")
+        tools.append(
+            ToolSpec(
+                name=name,
+                kind=kind,
+                params=params,
+                path=path,
+                scale=scale,
+                landmarks=landmarks,
+                material=material,
+                density=density,
+                displaces=_bool(item.get("displaces", True), f"{w}.displaces"),
+                frame=_choice(item.get("frame", "ct"), TOOL_FRAMES, f"{w}.frame"),
+                probability=_number(item.get("probability", 1.0), f"{w}.probability", lo=0.0, hi=1.0),
+                pose=pose,
+                placement=placement,
+            )
+        )
+    names = [t.name for t in tools]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            _fail(f"{where}[{i}].name", f"tool name {name!r} is used twice; set name = ...")
+    return tuple(tools)
+
+
 def spec_from_dict(data: Mapping[str, Any], base_dir: str | Path = ".") -> DatasetSpec:
     """Validates a spec given as nested mappings (the parsed TOML/YAML).
 
     Raises:
       SpecError: naming the first invalid key.
     """
-    top = {"name", "seed", "images_per_ct", "ct", "detector", "pose", "physics", "annotations", "output"}
+    top = {
+        "name",
+        "seed",
+        "images_per_ct",
+        "ct",
+        "detector",
+        "pose",
+        "physics",
+        "annotations",
+        "output",
+        "tools",
+    }
     _check_keys(data, top, "spec")
+    tools = _parse_tools(data.get("tools"))
+    annotations = _parse_annotations(data.get("annotations", {}))
+    if annotations.tool_path_length and not tools:
+        _fail("annotations.tool_path_length", "needs tools: add a [[tools]] table")
     return DatasetSpec(
         cts=_parse_cts(data.get("ct")),
         name=_string(data.get("name", "dataset"), "name"),
@@ -574,8 +899,9 @@ def spec_from_dict(data: Mapping[str, Any], base_dir: str | Path = ".") -> Datas
         detector=_parse_detector(data.get("detector", {})),
         pose=_parse_pose(data.get("pose", {})),
         physics=_parse_physics(data.get("physics", {})),
-        annotations=_parse_annotations(data.get("annotations", {})),
+        annotations=annotations,
         output=_parse_output(data.get("output", {})),
+        tools=tools,
         base_dir=str(base_dir),
     )
 
@@ -663,6 +989,15 @@ batch_size = 8
 image_dtype = "float32"
 compression = "lzf"
 coco = true
+
+# Surgical tools (uncomment to add): a K-wire entering near the top of the CT in 80 % of the images.
+# [[tools]]
+# kind = "kwire"                    # kwire, screw, plate, guidewire, catheter, or mesh (path = ...)
+# params = {{ diameter_mm = 2.0, length_mm = 150 }}
+# probability = 0.8
+# entry = {{ center_fraction = [0.5, 0.5, 0.8], radius_mm = 15 }}
+# direction = {{ mean = [0, 0, -1], cone_deg = 25 }}
+# depth_mm = [10, 60]               # how far the tip is advanced beyond the entry point
 """
 
 

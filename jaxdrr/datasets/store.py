@@ -30,6 +30,17 @@ W] uint8 (stored bit-packed along the label axis as ``masks_packed``, attribute 
 the reader unpacks them), ``path_lengths_mm`` [labels, H, W] float16, ``line_integrals`` [H, W, M] float16 (g/cm^2).
 File attributes: ``ct``, ``ct_index``, ``landmark_names``, ``label_names``, ``label_ids``,
 ``material_names``, ``spec_digest`` (JSON strings where lists).
+
+With ``[[tools]]`` (T tools, K = the largest keypoint count): ``tool_present`` [T] bool (drawn with
+the tool's probability; an absent tool is out of the field of view), ``tool_pose`` [T, 4, 4] (the
+drawn object -> world matrix, also for absent tools), ``tool_entry_mm`` [T, 3], ``tool_direction``
+[T, 3] (unit axis, world), ``tool_depth_mm`` [T], ``tool_spin_deg`` [T] (a fixed pose: entry = tip,
+depth = spin = 0), ``tool_keypoints_2d`` [T, K, 2] (column, row), ``tool_keypoints_depth_mm`` [T,
+K], ``tool_keypoints_visible`` [T, K] (present, in front of the source and inside the detector;
+False for padding), ``tool_masks`` [T, H, W] uint8 (path length > 0) and optional
+``tool_path_length_mm`` [T, H, W] float16; ``line_integrals`` then have M + (tool materials)
+channels (``material_names`` lists them). Attributes ``tool_names``, ``tool_kinds``,
+``tool_keypoint_names`` (a list per tool).
 """
 
 from __future__ import annotations
@@ -50,8 +61,16 @@ from jaxdrr.errors import JaxdrrError
 SHARD_DIR = "shards"
 FAILURE_DIR = "failures"
 LOG_DIR = "logs"
-FLOAT16_FIELDS = ("heatmaps", "path_lengths_mm", "line_integrals")
-COMPRESSED_FIELDS = ("image", "heatmaps", "masks_packed", "path_lengths_mm", "line_integrals")
+FLOAT16_FIELDS = ("heatmaps", "path_lengths_mm", "line_integrals", "tool_path_length_mm")
+COMPRESSED_FIELDS = (
+    "image",
+    "heatmaps",
+    "masks_packed",
+    "path_lengths_mm",
+    "line_integrals",
+    "tool_masks",
+    "tool_path_length_mm",
+)
 PACKED_MASKS = "masks_packed"  # on disk: bits along the label axis, [n, ceil(labels / 8), H, W] uint8
 
 
@@ -175,7 +194,8 @@ class Dataset(Sequence):
     """The samples of a dataset directory, in sample-index order (see :func:`open_dataset`).
 
     ``dataset[i]`` is a dict of NumPy arrays (one sample; the fields of the module doc) plus
-    ``"ct"`` (the CT's name), ``"landmark_names"`` and ``"label_names"``. Picklable (open file
+    ``"ct"`` (the CT's name), ``"landmark_names"`` and ``"label_names"`` (and ``"tool_names"`` with
+    tools). Picklable (open file
     handles are dropped), so it works as a PyTorch map-style dataset in worker processes.
     """
 
@@ -247,6 +267,8 @@ class Dataset(Sequence):
         sample["ct"] = entry["ct"]
         sample["landmark_names"] = tuple(json.loads(f.attrs.get("landmark_names", "[]")))
         sample["label_names"] = tuple(json.loads(f.attrs.get("label_names", "[]")))
+        if "tool_names" in f.attrs:
+            sample["tool_names"] = tuple(json.loads(f.attrs["tool_names"]))
         return sample
 
     def batches(

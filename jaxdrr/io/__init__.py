@@ -6,6 +6,7 @@
   :func:`load_dicom_series`; the array axis order is documented there).
 * :mod:`~jaxdrr.io.info`: :func:`volume_info` and :func:`format_volume_info` (``jaxdrr info``).
 * :mod:`~jaxdrr.io.write`: :func:`save_image` (PNG 8/16-bit, TIFF 16-bit/float32, NPY).
+* :mod:`~jaxdrr.io.mesh`: :func:`read_mesh` (STL/OBJ/PLY -> a closed :class:`~jaxdrr.mesh.TriangleMesh`).
 * :mod:`~jaxdrr.io.npz`: :func:`save_npz` / :func:`load_npz`, the render bundle (image, 3x4
   ``P``, height, width, metadata).
 * :mod:`~jaxdrr.io.tiff_stack`: :func:`read_tiff_volume`, a multi-page TIFF CT stack (e.g.
@@ -23,6 +24,7 @@ output under the final name.
 from jaxdrr.io.frames import FluoroFrame, detect_fov_circle, read_fluoro_frame
 from jaxdrr.io.info import format_volume_info, volume_info
 from jaxdrr.io.mayacam import MayaCamCalibration, projection_from_mayacam, read_mayacam, triangulate
+from jaxdrr.io.mesh import read_mesh
 from jaxdrr.io.npz import load_npz, save_npz
 from jaxdrr.io.read import (
     NIFTI_SUFFIXES,
@@ -56,4 +58,5 @@ __all__ = [
     "read_fluoro_frame",
     "detect_fov_circle",
     "FluoroFrame",
+    "read_mesh",
 ]

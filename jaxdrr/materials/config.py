@@ -40,7 +40,7 @@ TABLE_NAMES = ("air", "soft_tissue", "cortical_bone")
 METAL_MATERIAL_NAMES = (*MATERIAL_NAMES, "metal")
 METAL_THRESHOLDS_HU = (*DEFAULT_THRESHOLDS_HU, METAL_THRESHOLD_HU)
 # Attenuation-table materials accepted for the metal channel (jaxdrr.physics.available_materials).
-METALS = ("titanium", "ti6al4v", "stainless_steel_316l", "iron")
+METALS = ("titanium", "ti6al4v", "stainless_steel_316l", "iron", "cobalt_chrome", "tungsten")
 DEFAULT_METAL = "titanium"
 # Channels (by name) whose density is the nominal density of their table material, not density(HU).
 NOMINAL_DENSITY_NAMES = ("metal",)

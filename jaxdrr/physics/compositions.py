@@ -2,7 +2,9 @@
 
 A :class:`Composition` is a material's nominal density (g/cm^3) and its elemental mass fractions.
 The table :data:`COMPOSITIONS` is PHYSICS.md section 3: NIST SRD-126 Table 2, with the tissue
-compositions of ICRU Report 44, plus iodine (contrast) and aluminium (HVL filters). Mass
+compositions of ICRU Report 44, plus iodine (contrast), aluminium (HVL filters) and the implant and
+instrument materials (titanium, Ti-6Al-4V, 316L steel, cobalt-chrome, PEEK, tungsten; each entry's
+``source`` names where its composition and density come from). Mass
 attenuation coefficients of a material follow from the mixture rule
 ``(mu/rho)_mix = sum_i w_i (mu/rho)_i``; ``tools/make_attenuation_tables.py`` applies it to the
 Elam/xraydb element data and ships the result in ``physics/data/attenuation.npz``.
@@ -152,19 +154,43 @@ COMPOSITIONS: Mapping[str, Composition] = types.MappingProxyType(
                 {"H": 0.080541, "C": 0.599846, "O": 0.319613},
                 _NIST + ", polymethyl methacrylate",
             ),
-            Composition("titanium", 4.54, {"Ti": 1.0}, "element"),
-            Composition("ti6al4v", 4.43, {"Ti": 0.90, "Al": 0.06, "V": 0.04}, "Ti-6Al-4V alloy, nominal"),
+            Composition("titanium", 4.54, {"Ti": 1.0}, "element; density NIST SRD-126 Table 1"),
+            Composition(
+                "ti6al4v",
+                4.43,
+                {"Ti": 0.90, "Al": 0.06, "V": 0.04},
+                "Ti-6Al-4V alloy (ASTM F136 / F1472), nominal Al 6 %, V 4 %, Ti balance; "
+                "density 4.43 g/cm^3 (ASTM F1472 typical)",
+            ),
             Composition("iron", 7.874, {"Fe": 1.0}, "element"),
             Composition(
                 "stainless_steel_316l",
                 8.06,
                 {"Si": 0.007, "Cr": 0.17, "Mn": 0.01, "Fe": 0.668, "Ni": 0.12, "Mo": 0.025},
-                "316L stainless steel, nominal",
+                "316L stainless steel (AISI 316L), nominal Cr 17 %, Ni 12 %, Mo 2.5 %, Mn 1 %, "
+                "Si 0.7 %, Fe balance (C, P, S < 0.05 % omitted)",
             ),
             # Iodine contrast is modelled as a separate channel of iodine concentration c_I (g/cm^3):
             # mu = mu_water * rho_w + c_I * (mu/rho)_I. 4.93 g/cm^3 is solid iodine, for reference only.
             Composition("iodine", 4.93, {"I": 1.0}, "element (contrast agent channel)"),
             Composition("aluminium", 2.699, {"Al": 1.0}, "element (HVL filter material)"),
+            # Implant and instrument materials (jaxdrr.instruments), appended so earlier table rows keep their index.
+            Composition(
+                "cobalt_chrome",
+                8.3,
+                {"Co": 0.655, "Cr": 0.285, "Mo": 0.06},
+                "Co-28Cr-6Mo casting alloy (ASTM F75): mid-range Cr 28.5 % (27-30), Mo 6 % (5-7), "
+                "Co balance (Ni, Fe, Si, Mn <= 1 % and C <= 0.35 % omitted); density 8.3 g/cm^3 "
+                "(ASTM F75 typical)",
+            ),
+            Composition(
+                "peek",
+                1.32,
+                {"C": 0.791569, "H": 0.041948, "O": 0.166483},
+                "polyether ether ketone, stoichiometric C19H12O3 (xraydb atomic masses); density "
+                "1.32 g/cm^3 (semi-crystalline PEEK, Victrex 450G datasheet)",
+            ),
+            Composition("tungsten", 19.3, {"W": 1.0}, "element; density NIST SRD-126 Table 1"),
         ]
     }
 )

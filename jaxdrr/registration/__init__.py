@@ -5,6 +5,8 @@
 * :mod:`~jaxdrr.registration.metrics`: NCC, gradient NCC, patch-wise / multiscale NCC, MSE.
 * :mod:`~jaxdrr.registration.optimize`: :func:`register` (Adam / L-BFGS, coarse to fine, multi-start).
 * :mod:`~jaxdrr.registration.accuracy`: mTRE, projection distance, rotation / translation errors.
+* :mod:`~jaxdrr.registration.multiview`: :func:`register_multiview` (several bones, several calibrated
+  views, jointly) and :func:`track_sequence` (frame-by-frame tracking with quality flags).
 * ``jaxdrr register`` (the command line) lives in :mod:`jaxdrr.cli.register`.
 
 Example::
@@ -14,7 +16,7 @@ Example::
     result.P, result.history
 """
 
-from jaxdrr.registration import accuracy, metrics, optimize, pose
+from jaxdrr.registration import accuracy, metrics, multiview, optimize, pose
 from jaxdrr.registration.accuracy import (
     grid_points,
     mtre,
@@ -30,6 +32,14 @@ from jaxdrr.registration.metrics import (
     multiscale_ncc,
     ncc,
     patch_ncc,
+)
+from jaxdrr.registration.multiview import (
+    MultiViewConfig,
+    MultiViewResult,
+    TrackingResult,
+    View,
+    register_multiview,
+    track_sequence,
 )
 from jaxdrr.registration.optimize import (
     RegistrationConfig,
@@ -53,6 +63,7 @@ from jaxdrr.registration.pose import (
     random_pose,
     rotation_matrix,
 )
+from jaxdrr.registration.tool_pose import ToolRegistrationResult, register_tool, tool_pose_errors
 
 __all__ = [
     "Pose",
@@ -85,8 +96,18 @@ __all__ = [
     "registration_errors",
     "rotation_error_deg",
     "translation_error_mm",
+    "View",
+    "MultiViewConfig",
+    "MultiViewResult",
+    "TrackingResult",
+    "register_multiview",
+    "register_tool",
+    "ToolRegistrationResult",
+    "tool_pose_errors",
+    "track_sequence",
     "accuracy",
     "metrics",
+    "multiview",
     "optimize",
     "pose",
 ]

@@ -1,0 +1,368 @@
+"""Biplanar radius + ulna registration on the real Autoscoper wrist, frame 0002 (issue 24's numbers).
+
+    python benchmarks/registration/bench_wrist.py [--starts 20] [--quick] [--init POSES.json]
+
+No ground-truth poses ship with the data, so the measures are ground-truth free:
+
+1. **Reference.** The bones are initialised (``--init`` file, else the automatic search of
+   :mod:`jaxdrr.registration.initialize`: the best seeds of each bone as multiple starts, first
+   level per bone, then joint) and registered jointly in both views; then registered again from
+   the result (the reference pose: a fixed point of the registration).
+2. **Repeatability.** ``--starts`` random starts, each bone independently turned by up to 10 deg
+   (uniform angle and axis) and moved by up to 10 mm (uniform in a ball) from the reference, each
+   registered jointly. Spread = each converged pose's displacement of the bone's voxels (mean over
+   the bone, "target registration spread") from the mean converged pose; rotation spread = angle
+   from the mean rotation. Target: <= 0.3 mm and <= 0.3 deg. Starts that end far off (> 2 mm) are
+   counted as failures and reported separately.
+3. **Speed.** The wall time of those registrations (compiled: the first start is excluded and
+   reported apart). Target: <= 10 s for biplanar two-bone registration from 10 deg / 10 mm.
+4. **Biplanar consistency.** Each camera alone (both bones, from the reference pose perturbed by
+   2 deg / 2 mm) vs the joint reference, in that camera's frame: in-plane = translation across
+   the ray and rotation about the ray; out-of-plane = translation along the ray (depth) and
+   rotation about the two axes across it. Target for in-plane: <= 0.5 mm / 0.5 deg.
+5. **Realism.** At the reference pose, the similarity (gradient NCC and NCC inside the bones'
+   masks) of the real frame's ``-ln`` to (a) the mono-energetic single-material DRR the
+   registration uses (attenuation line integrals) and (b) the full-physics DRR (HU -> materials,
+   60 kVp spectrum, polyenergetic ``-ln`` transmission; bone-only CT, so no soft tissue).
+
+Raw results go to ``benchmarks/results/wrist_<date>.json`` and an overlay PNG beside it (``--overlay``).
+``--quick`` runs everything at a reduced size (3 starts, short levels) to check that the script
+works; its numbers are not the benchmark's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "data" / "autoscoper_wrist"
+BONES = ("rad", "uln")
+VOXEL_MM = (0.39625, 0.39625, 0.625)
+
+
+def load(downsample: int = 1):
+    from jaxdrr.io.frames import read_fluoro_frame
+    from jaxdrr.io.mayacam import projection_from_mayacam, read_mayacam
+    from jaxdrr.io.tiff_stack import read_tiff_volume
+    from jaxdrr.registration import multiview as mv
+
+    views, frames, Ps = [], [], []
+    for cam in (1, 2):
+        frame = read_fluoro_frame(
+            DATA / "frames" / f"xr_rad_uln_cam0{cam}_UND.0002.tif", downsample=downsample
+        )
+        P = projection_from_mayacam(
+            read_mayacam(DATA / "Calibration" / f"xr_calib_wrist_cam0{cam}.txt"), image_scale=1.0 / downsample
+        )
+        frames.append(frame)
+        Ps.append(P)
+        views.append(mv.View(P, frame.image, frame.mask, f"cam{cam}"))
+    volumes = {b: read_tiff_volume(DATA / "Models" / f"{b}_dcm_cropped.tif", VOXEL_MM) for b in BONES}
+    return views, frames, Ps, volumes
+
+
+def initial_poses(volumes, init_path, config):
+    """Seeds: the --init file, else the automatic search (best of each bone's candidates)."""
+    from jaxdrr.registration import multiview as mv
+    from jaxdrr.registration.initialize import initialize_bone, limb_axis_3d, load_initial_poses
+
+    if init_path:
+        poses = load_initial_poses(init_path)
+        return {b: poses[b] for b in BONES}, {"source": str(init_path)}
+    views8, frames8, Ps8, _ = load(8)
+    views1 = load(1)[0]
+    axis = limb_axis_3d(frames8, Ps8)
+    seeds, info = {}, {"source": "automatic"}
+    for b in BONES:
+        cands = initialize_bone(volumes[b], frames8, Ps8, name=b, axis=axis)
+        first = config.replace(levels=config.levels[:1])
+        r = mv.register_multiview({b: volumes[b]}, views1, [{b: c.pose} for c in cands], first)
+        seeds[b] = r.poses[b]
+        info[b] = {
+            "candidate_scores": [c.score for c in cands],
+            "start_losses": r.start_losses.tolist(),
+            "best": r.best_start,
+        }
+    return seeds, info
+
+
+def bone_points(volume, n=2000, seed=0):
+    """Up to ``n`` voxel centres of the bone (object mm), for target registration spreads."""
+    data = np.asarray(volume.data)
+    idx = np.argwhere(data > 200.0)
+    rng = np.random.default_rng(seed)
+    idx = idx[rng.choice(len(idx), size=min(n, len(idx)), replace=False)]
+    return np.c_[idx, np.ones(len(idx))] @ volume.affine[:3].T
+
+
+def random_start(pose, rng, max_deg, max_mm):
+    from jaxdrr.geometry.rigid import RigidTransform
+
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = math.radians(max_deg) * rng.uniform()
+    d = rng.normal(size=3)
+    d *= max_mm * rng.uniform() ** (1 / 3) / np.linalg.norm(d)
+    T0 = np.asarray(pose.matrix(), np.float64)
+    centre = T0[:3, :3] @ np.asarray(pose.pivot) + T0[:3, 3]  # turn about the bone's centre (world)
+    delta = RigidTransform.create(axis * angle, d, pivot=tuple(centre))
+    T = np.asarray(delta.matrix(), np.float64) @ T0
+    return RigidTransform.from_matrix(T, pose.pivot)
+
+
+def mean_pose(poses):
+    """Chordal mean rotation and mean translation of 4x4 poses."""
+    Ts = np.stack([np.asarray(p.matrix(), np.float64) for p in poses])
+    U, _, Vt = np.linalg.svd(Ts[:, :3, :3].sum(axis=0))
+    R = U @ np.diag([1, 1, np.linalg.det(U @ Vt)]) @ Vt
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, Ts[:, :3, 3].mean(axis=0)
+    return T
+
+
+def spread(poses, points):
+    """Per pose: mean displacement of ``points`` (mm) and rotation angle (deg) from the mean pose."""
+    M = mean_pose(poses)
+    out = []
+    for p in poses:
+        T = np.asarray(p.matrix(), np.float64)
+        d = np.linalg.norm(points @ (T[:3, :3] - M[:3, :3]).T + (T[:3, 3] - M[:3, 3]), axis=1)
+        c = np.clip((np.trace(M[:3, :3].T @ T[:3, :3]) - 1) / 2, -1, 1)
+        out.append((float(d.mean()), math.degrees(math.acos(c))))
+    return out
+
+
+def camera_frame_difference(P, single, joint, points):
+    """Difference single - joint in the camera frame of P: in-plane (across-ray translation of the
+    bone's centroid, rotation about the ray) and out-of-plane (depth, rotations across the ray)."""
+    from jaxdrr.geometry.projection import decompose_projection
+    from jaxdrr.geometry.rotations import so3_log
+
+    _, Rc, _ = decompose_projection(P)
+    Ts, Tj = (np.asarray(p.matrix(), np.float64) for p in (single, joint))
+    c = points.mean(axis=0)
+    dc = Rc @ ((Ts[:3, :3] @ c + Ts[:3, 3]) - (Tj[:3, :3] @ c + Tj[:3, 3]))
+    dR = Ts[:3, :3] @ Tj[:3, :3].T
+    rv = Rc @ np.asarray(so3_log(dR), np.float64)
+    return {
+        "in_plane_translation_mm": float(np.hypot(dc[0], dc[1])),
+        "in_plane_rotation_deg": float(abs(math.degrees(rv[2]))),
+        "out_of_plane_translation_mm": float(abs(dc[2])),
+        "out_of_plane_rotation_deg": float(math.degrees(np.hypot(rv[0], rv[1]))),
+        "camera_frame_translation_mm": dc.tolist(),
+        "camera_frame_rotation_deg": np.degrees(rv).tolist(),
+    }
+
+
+def realism(volumes, poses, views, rois, factor=2, kvp=60):
+    """Similarity of the real frames to the mono-energetic attenuation DRR and to the full-physics
+    DRR at ``poses`` (same masks: each bone's footprint dilated, in the ROI at ``factor``)."""
+    import jax.numpy as jnp
+
+    import jaxdrr
+    from jaxdrr.geometry.rigid import object_projection
+    from jaxdrr.ops.project import project
+    from jaxdrr.registration import metrics
+    from jaxdrr.registration import multiview as mv
+    from jaxdrr.registration.optimize import downsample_image
+    from jaxdrr.render import RenderConfig, default_params, image_from_line_integrals, line_integrals
+
+    out = {}
+    for view in views:
+        x0, y0, w, h = rois[view.name]
+        P = mv._crop_projection(view.P, x0, y0, factor)
+        H, W = h // factor, w // factor
+        target = np.asarray(
+            downsample_image(mv._crop(-np.log(np.maximum(view.image, 1 / 512)), rois[view.name]), factor)
+        )
+        fov = np.asarray(downsample_image(mv._crop(view.mask.astype(float), rois[view.name]), factor))
+        mono, L_all = np.zeros((H, W)), 0.0
+        cfg = RenderConfig(height=H, width=W, step_mm=None, output="log")
+        params = default_params(cfg, jaxdrr.default_spectrum(kvp))
+        masks = []
+        for b, vol in volumes.items():
+            att = mv.attenuation_volume(vol)
+            Pb = object_projection(jnp.asarray(P, jnp.float32), poses[b])
+            Lb = np.asarray(project(att.data, att.affine, Pb, H, W)[..., 0])
+            mono += Lb
+            masks.append(mv._bone_masks(Lb[None], fov, 0.05, int(4.0 / (0.146 * factor)))[0])
+            L_all = L_all + line_integrals(cfg, vol, Pb, params)
+        full = np.asarray(image_from_line_integrals(cfg, params, L_all, None))
+        mask = np.max(masks, axis=0)
+        out[view.name] = {
+            "mono_gncc": float(metrics.gradient_ncc(mono, target, mask)),
+            "full_gncc": float(metrics.gradient_ncc(full, target, mask)),
+            "mono_ncc": float(metrics.ncc(mono, target, mask)),
+            "full_ncc": float(metrics.ncc(full, target, mask)),
+            "kvp": kvp,
+        }
+    return out
+
+
+def save_overlay(volumes, poses, views, path, factor=2):
+    """PNG: both frames (ROI) with each bone's projected outline (radius red, ulna cyan)."""
+    from PIL import Image
+    from scipy import ndimage
+
+    from jaxdrr.registration import multiview as mv
+
+    panels = []
+    for view in views:
+        small = mv.View(
+            np.asarray(mv._crop_projection(view.P, 0, 0, factor)),
+            np.asarray(view.image[: view.shape[0] // factor * factor, : view.shape[1] // factor * factor])
+            .reshape(view.shape[0] // factor, factor, view.shape[1] // factor, factor)
+            .mean(axis=(1, 3)),
+            None,
+            view.name,
+        )
+        rgb = np.repeat(small.image[..., None], 3, axis=-1)
+        for b, colour in zip(BONES, ([1.0, 0.1, 0.0], [0.0, 0.8, 1.0])):
+            L = mv.render_views({b: volumes[b]}, poses, [small], taper_mm=8.0)[0]
+            inside = L > 0.05 * L.max()
+            rgb[inside ^ ndimage.binary_erosion(inside)] = colour
+        ys, xs = np.nonzero(mv.render_views(volumes, poses, [small])[0] > 0)
+        pad = 40
+        crop = rgb[max(ys.min() - pad, 0) : ys.max() + pad, max(xs.min() - pad, 0) : xs.max() + pad]
+        panels.append(crop)
+    h = max(p.shape[0] for p in panels)
+    panels = [np.pad(p, ((0, h - p.shape[0]), (0, 4), (0, 0))) for p in panels]
+    Image.fromarray((np.clip(np.concatenate(panels, axis=1), 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--starts", type=int, default=20)
+    p.add_argument("--quick", action="store_true", help="small, fast settings (checks the script)")
+    p.add_argument("--init", default=None, help="initial poses JSON (load_initial_poses format)")
+    p.add_argument("--out", default=None, help="result JSON (default benchmarks/results/wrist_<date>.json)")
+    p.add_argument("--overlay", default=None, help="overlay PNG (default: beside the JSON)")
+    p.add_argument("--skip", nargs="*", default=(), choices=("repeatability", "consistency", "realism"))
+    args = p.parse_args(argv)
+
+    from jaxdrr.registration import multiview as mv
+
+    if not (DATA / "frames").is_dir():
+        print(f"no data in {DATA}", file=sys.stderr)
+        return 2
+    config = mv.MultiViewConfig()
+    n_starts = args.starts
+    if args.quick:
+        config = config.replace(levels=((8, 15), (4, 10)))
+        n_starts = min(n_starts, 3)
+    date = datetime.date.today().isoformat()
+    out_path = (
+        Path(args.out)
+        if args.out
+        else ROOT / "benchmarks" / "results" / f"wrist_{date}{'_quick' if args.quick else ''}.json"
+    )
+    overlay = Path(args.overlay) if args.overlay else out_path.with_suffix(".png")
+    views, _, _, volumes = load(1)
+    report = {
+        "date": date,
+        "machine": platform.platform(),
+        "processor": platform.processor(),
+        "quick": args.quick,
+        "config": {
+            "levels": [list(lv) for lv in config.levels],
+            "metric": config.metric,
+            "lr": config.learning_rate,
+        },
+    }
+
+    t0 = time.perf_counter()
+    seeds, report["init"] = initial_poses(volumes, args.init, config)
+    report["init"]["time_s"] = time.perf_counter() - t0
+    first = mv.register_multiview(volumes, views, seeds, config)
+    ref = mv.register_multiview(volumes, views, first.poses, config, rois=first.rois)
+    poses = ref.poses
+    report["reference"] = ref.to_dict()
+    report["reference"]["first_pass"] = first.to_dict()
+    print(f"reference: similarity {ref.similarity}, converged {ref.converged}, {ref.time_s:.1f} s")
+    save_overlay(volumes, poses, views, overlay)
+    report["overlay"] = str(overlay)
+    points = {b: bone_points(volumes[b]) for b in BONES}
+
+    if "repeatability" not in args.skip:
+        rng = np.random.default_rng(0)
+        runs = []
+        for i in range(n_starts):
+            start = {b: random_start(poses[b], rng, 10.0, 10.0) for b in BONES}
+            t = time.perf_counter()
+            r = mv.register_multiview(volumes, views, start, config, rois=ref.rois)
+            runs.append({"time_s": time.perf_counter() - t, "result": r, "start": start})
+            print(f"start {i}: {runs[-1]['time_s']:.1f} s, similarity {r.mean_similarity():.4f}", flush=True)
+        rep = {}
+        for b in BONES:
+            to_ref = [mv.pose_difference(run["result"].poses[b], poses[b], points[b]) for run in runs]
+            ok = [i for i, d in enumerate(to_ref) if d["mean_mm"] < 2.0]
+            sp = spread([runs[i]["result"].poses[b] for i in ok], points[b]) if len(ok) > 1 else []
+            start_d = [mv.pose_difference(run["start"][b], poses[b], points[b]) for run in runs]
+            rep[b] = {
+                "n_starts": len(runs),
+                "n_converged_within_2mm": len(ok),
+                "spread_mean_mm": [s[0] for s in sp],
+                "spread_rotation_deg": [s[1] for s in sp],
+                "max_spread_mm": max((s[0] for s in sp), default=None),
+                "max_spread_deg": max((s[1] for s in sp), default=None),
+                "rms_spread_mm": float(np.sqrt(np.mean([s[0] ** 2 for s in sp]))) if sp else None,
+                "rms_spread_deg": float(np.sqrt(np.mean([s[1] ** 2 for s in sp]))) if sp else None,
+                "to_reference": to_ref,
+                "start_offsets": start_d,
+            }
+        times = [run["time_s"] for run in runs]
+        rep["time_s"] = times
+        rep["median_time_s_excluding_first"] = float(np.median(times[1:])) if len(times) > 1 else None
+        rep["similarities"] = [run["result"].similarity for run in runs]
+        rep["converged"] = [run["result"].converged for run in runs]
+        report["repeatability"] = rep
+        for b in BONES:
+            print(
+                f"{b}: {rep[b]['n_converged_within_2mm']}/{len(runs)} within 2 mm; spread max "
+                f"{rep[b]['max_spread_mm']} mm, {rep[b]['max_spread_deg']} deg"
+            )
+        print(f"median time {rep['median_time_s_excluding_first']} s (first {times[0]:.1f} s)")
+
+    if "consistency" not in args.skip:
+        rng = np.random.default_rng(1)
+        cons = {}
+        start = {b: random_start(poses[b], rng, 2.0, 2.0) for b in BONES}
+        for view in views:
+            r = mv.register_multiview(volumes, [view], start, config)
+            cons[view.name] = {
+                b: camera_frame_difference(view.P, r.poses[b], poses[b], points[b]) for b in BONES
+            }
+            cons[view.name]["similarity"] = r.similarity
+            print(
+                f"{view.name} alone vs joint: "
+                + "; ".join(
+                    f"{b} in-plane {cons[view.name][b]['in_plane_translation_mm']:.2f} mm "
+                    f"{cons[view.name][b]['in_plane_rotation_deg']:.2f} deg, depth "
+                    f"{cons[view.name][b]['out_of_plane_translation_mm']:.2f} mm"
+                    for b in BONES
+                )
+            )
+        report["consistency"] = cons
+
+    if "realism" not in args.skip:
+        report["realism"] = realism(volumes, poses, views, ref.rois)
+        print("realism", report["realism"])
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    from jaxdrr.atomic import write_json
+
+    write_json(out_path, report, indent=1)
+    print(f"-> {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1029 @@
+"""Multi-view, multi-object 2D/3D registration and tracking (biplanar fluoroscopy of several bones).
+
+The problem: ``V`` calibrated views (a projection matrix ``P_v`` [3, 4] each, in jaxdrr's pixel
+convention, and a measured image) show ``B`` rigid objects (bones), each with its own CT volume.
+Find one :class:`~jaxdrr.geometry.rigid.RigidTransform` ``T_b`` (object -> world) per bone so that,
+in every view at once, the DRR matches the image.
+
+Model (one place for each step):
+
+* **DRR.** The DRR of view ``v`` is the sum over bones of each bone's line integrals, each bone
+  rendered from its own volume in ``P_v @ T_b`` (:func:`jaxdrr.geometry.rigid.object_projection`,
+  :func:`jaxdrr.ops.project`). A bone's attenuation is its voxel values above the volume's minimum,
+  scaled to a maximum of 1 (:func:`attenuation_volume`): for a bone-only crop (zero outside) that
+  is the bone, for a HU CT it is proportional to HU + 1024. The scale does not matter: the metrics
+  are invariant to a per-view linear intensity map ``a L + b`` (``a > 0``), which stands in for
+  the unknown spectrum, intensifier gain and video processing of a real frame.
+* **Target.** A real intensifier frame is an intensity (bright = transmitted): with
+  ``config.target="intensity"`` it is compared as ``-ln(max(image, eps))``, a line-integral-like
+  image; ``"attenuation"`` uses the image as it is.
+* **Cut bones.** A CT crop that cuts a bone (voxels on a face of the volume) would render a sharp
+  end that the real image does not have; the attenuation fades to zero over ``taper_mm`` towards
+  such faces.
+* **Similarity.** Gradient correlation (``"gncc"``, default) or ``"mncc"``/``"ncc"``
+  (:mod:`jaxdrr.registration.metrics`), per view **and per bone**: the DRR of the view (all bones)
+  against the image inside the bone's mask, the projected bone (line integral above
+  ``mask_threshold`` of its maximum) dilated by ``mask_margin_mm``, times the view's field-of-view
+  mask. So soft tissue and bones that are not modelled weigh only where they overlap a modelled
+  bone. The loss is the mean of ``1 - similarity`` over views and bones. The masks are computed
+  from the current poses (not differentiated) at the start of each level and every
+  ``mask_update_every`` iterations.
+* **Region of interest and pyramid.** Each view is cropped to the bones' projected boxes plus
+  ``roi_margin_mm`` (a crop is a shift of the principal point), and each level renders that crop
+  with pixels ``factor`` times larger (:func:`jaxdrr.geometry.rescale_detector`) against the
+  block-averaged image; the volumes are block-averaged (:func:`downsample_volume`) where a level's
+  pixels are much coarser than the voxels.
+* **Optimiser.** Every bone's rotation vector (scaled by ``radius_mm``: one unit ~ 1 mm of motion
+  at that radius) and translation (mm) are optimised jointly, Adam or L-BFGS per level (optax).
+  Several starts (the given seeds plus ``n_starts - 1`` deterministic random perturbations each)
+  run the first level; each bone continues from the start where it matched best (its own mean
+  similarity over the views), so the bones need not be found in the same start. Compiled steps are cached across calls with the same
+  shapes (repeated registrations and tracking compile once).
+
+:func:`track_sequence` registers a sequence frame by frame, each warm-started from the previous
+frame's poses, and flags frames whose similarity drops, whose pose jumps or whose optimiser did
+not converge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxdrr.errors import GeometryError, JaxdrrError, VolumeError
+from jaxdrr.geometry.projection import check_projection_matrix, rescale_detector
+from jaxdrr.geometry.rigid import RigidTransform, object_projection
+from jaxdrr.ops.project import project
+from jaxdrr.registration import metrics as metrics_lib
+from jaxdrr.registration.optimize import downsample_image, downsample_volume
+from jaxdrr.volume import Volume
+
+__all__ = [
+    "View",
+    "MultiViewConfig",
+    "MultiViewResult",
+    "TrackingResult",
+    "register_multiview",
+    "track_sequence",
+    "attenuation_volume",
+    "render_views",
+    "view_similarities",
+    "pose_difference",
+    "TARGETS",
+    "MULTIVIEW_METRICS",
+]
+
+TARGETS = ("intensity", "attenuation")
+MULTIVIEW_METRICS = ("gncc", "mncc", "ncc")
+OPTIMIZERS = ("adam", "lbfgs")
+ROI_QUANTUM = 8  # crop sizes are multiples of 8 blocks of the coarsest level
+_INTENSITY_FLOOR = 1.0 / 512.0  # below half an 8-bit step: -ln stays finite on black pixels
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class View:
+    """One calibrated view: projection matrix, image, optional field-of-view mask, name.
+
+    Attributes:
+      P: [3, 4] projection matrix (world mm -> image (column, row), jaxdrr's convention).
+      image: [H, W] measured image (an intensity in (0, 1] for ``target="intensity"``).
+      mask: [H, W] weights in [0, 1] (e.g. the intensifier's circular field), or None (all pixels).
+      name: the view's name (unique within a registration).
+    """
+
+    P: np.ndarray
+    image: np.ndarray
+    mask: np.ndarray | None = None
+    name: str = "view"
+
+    def __post_init__(self):
+        P = check_projection_matrix(np.asarray(self.P, np.float64), f"view {self.name!r} P")
+        image = np.asarray(self.image, np.float64)
+        if image.ndim != 2 or min(image.shape) < 8:
+            raise JaxdrrError(
+                f"view {self.name!r}: image must be 2D [H, W] of at least 8x8, got {image.shape}"
+            )
+        if not np.all(np.isfinite(image)):
+            raise JaxdrrError(f"view {self.name!r}: image has non-finite pixels")
+        mask = None
+        if self.mask is not None:
+            mask = np.asarray(self.mask, np.float64)
+            if mask.shape != image.shape:
+                raise JaxdrrError(
+                    f"view {self.name!r}: mask shape {mask.shape} does not match image shape {image.shape}"
+                )
+            if not np.all(np.isfinite(mask)) or mask.min() < 0 or mask.sum() <= 0:
+                raise JaxdrrError(f"view {self.name!r}: mask must be finite weights >= 0, not all zero")
+        object.__setattr__(self, "P", np.asarray(P, np.float64))
+        object.__setattr__(self, "image", image)
+        object.__setattr__(self, "mask", mask)
+        object.__setattr__(self, "name", str(self.name))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.image.shape)
+
+    def replace(self, **changes) -> View:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiViewConfig:
+    """Static settings of :func:`register_multiview` (hashable).
+
+    Attributes:
+      metric: ``"gncc"`` (gradient correlation), ``"mncc"`` (global + patch NCC) or ``"ncc"``.
+      target: ``"intensity"`` (images are transmitted intensities: compared as ``-ln``) or
+        ``"attenuation"`` (images are line-integral-like: compared as given).
+      levels: ``((factor, iterations[, optimizer]), ...)`` coarse to fine; ``factor`` is the pixel
+        size relative to the images' pixels.
+      optimizer: default optimizer of levels that name none (``"adam"`` or ``"lbfgs"``).
+      learning_rate: Adam's step at factor 1 (scaled pose units ~ mm); a level uses
+        ``learning_rate * sqrt(factor)``, decayed (cosine) to 10 % over the level.
+      radius_mm: rotation scaling: one optimiser unit of rotation is ``1 / radius_mm`` rad.
+      n_starts: starts per seed pose at the first level (the seed itself plus random perturbations).
+      start_rotation_deg, start_translation_mm: the perturbations' size (uniform in a ball).
+      seed: seed of the perturbations (NumPy; deterministic).
+      roi_margin_mm: margin of the crop around the bones' projected boxes (per view).
+      mask_margin_mm: dilation of each bone's projected footprint (its similarity mask); at the
+        first level ``max(mask_margin_mm, start_translation_mm)``, so that a bone that far off
+        still sees its own edges.
+      mask_threshold: a pixel belongs to a bone's footprint where the bone's line integral exceeds
+        this fraction of its maximum in the view.
+      mask_update_every: iterations between re-computations of the masks (0: once per level).
+      smooth_px: Gaussian blur (sigma, in each level's pixels) of the DRR and the image before
+        the similarity: widens the basin of edge-based metrics and suppresses pixel noise (0: none).
+      taper_mm: attenuation fade towards faces of the volume that cut the bone (0: none).
+      step_mm: ray-march step (None: the projector's default, half the smallest voxel).
+      patience, tol: a level stops after ``patience`` iterations without a loss improvement
+        larger than ``tol``; the registration counts as converged when the last level did.
+      backend: projector backend (:func:`jaxdrr.ops.project`).
+    """
+
+    metric: str = "gncc"
+    target: str = "intensity"
+    levels: tuple = ((16, 40, "adam"), (8, 30, "adam"), (4, 25, "adam"), (2, 15, "adam"))
+    optimizer: str = "adam"
+    learning_rate: float = 0.5
+    radius_mm: float = 30.0
+    n_starts: int = 8
+    start_rotation_deg: float = 10.0
+    start_translation_mm: float = 10.0
+    seed: int = 0
+    roi_margin_mm: float = 12.0
+    mask_margin_mm: float = 4.0
+    mask_threshold: float = 0.05
+    mask_update_every: int = 10
+    smooth_px: float = 1.0
+    taper_mm: float = 8.0
+    step_mm: float | None = None
+    patience: int = 8
+    tol: float = 1e-5
+    backend: str = "auto"
+
+    def __post_init__(self):
+        if self.metric not in MULTIVIEW_METRICS:
+            raise JaxdrrError(f"metric must be one of {MULTIVIEW_METRICS}, got {self.metric!r}")
+        if self.target not in TARGETS:
+            raise JaxdrrError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise JaxdrrError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        try:
+            levels = tuple(
+                (int(lv[0]), int(lv[1]), str(lv[2]) if len(lv) > 2 else self.optimizer) for lv in self.levels
+            )
+        except (TypeError, ValueError, IndexError) as e:
+            raise JaxdrrError(
+                f"levels must be ((factor, iterations[, optimizer]), ...), got {self.levels}"
+            ) from e
+        if not levels or any(f < 1 or n < 0 or o not in OPTIMIZERS for f, n, o in levels):
+            raise JaxdrrError(
+                f"levels must be non-empty, factor >= 1, iterations >= 0, optimizer in {OPTIMIZERS}; "
+                f"got {self.levels}"
+            )
+        object.__setattr__(self, "levels", levels)
+        for name in ("learning_rate", "radius_mm"):
+            if not getattr(self, name) > 0:
+                raise JaxdrrError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in (
+            "start_rotation_deg",
+            "start_translation_mm",
+            "roi_margin_mm",
+            "mask_margin_mm",
+            "taper_mm",
+        ):
+            if not getattr(self, name) >= 0:
+                raise JaxdrrError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.n_starts < 1:
+            raise JaxdrrError(f"n_starts must be >= 1, got {self.n_starts}")
+        if not 0 < self.mask_threshold < 1:
+            raise JaxdrrError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+        if not self.smooth_px >= 0:
+            raise JaxdrrError(f"smooth_px must be >= 0, got {self.smooth_px}")
+        if self.mask_update_every < 0 or self.patience < 1:
+            raise JaxdrrError("mask_update_every must be >= 0 and patience >= 1")
+
+    def replace(self, **changes) -> MultiViewConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass
+class MultiViewResult:
+    """Outcome of :func:`register_multiview`.
+
+    Attributes:
+      poses: ``{bone: RigidTransform}`` (object -> world; pivot = the volume's centre).
+      similarity: ``{view: {bone: similarity}}`` at the last level (metric inside the bone's mask).
+      view_similarity: ``{view: similarity}`` inside the union of the bones' masks.
+      loss: final loss (mean of ``1 - similarity`` over views and bones).
+      initial_similarity: as ``similarity``, of the kept start before optimisation (last level's
+        grid), for comparison.
+      history: per-iteration records ``{"level", "factor", "iteration", "loss"}`` of the kept start.
+      start_losses: first-level final loss of every start.
+      best_start: index of the start with the lowest first-level loss.
+      bone_starts: ``{bone: start}``: each bone continues from the start where it matched best
+        (mean similarity over views at the end of the first level).
+      converged: the last level stopped on its own (no improvement > ``tol`` for ``patience``).
+      n_iterations: iterations run (all starts and levels).
+      time_s: wall time (includes compilation on a cold cache).
+      rois: ``{view: (x0, y0, width, height)}`` crop of each view in image pixels.
+    """
+
+    poses: dict[str, RigidTransform]
+    similarity: dict[str, dict[str, float]]
+    view_similarity: dict[str, float]
+    loss: float
+    initial_similarity: dict[str, dict[str, float]]
+    history: list[dict[str, Any]]
+    start_losses: np.ndarray
+    best_start: int
+    bone_starts: dict[str, int]
+    converged: bool
+    n_iterations: int
+    time_s: float
+    rois: dict[str, tuple[int, int, int, int]]
+
+    def mean_similarity(self) -> float:
+        return float(np.mean([s for per_bone in self.similarity.values() for s in per_bone.values()]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (poses as rotation vector / translation / pivot / 4x4 matrix)."""
+        return {
+            "poses": {name: pose_to_dict(p) for name, p in self.poses.items()},
+            "similarity": self.similarity,
+            "view_similarity": self.view_similarity,
+            "initial_similarity": self.initial_similarity,
+            "loss": self.loss,
+            "start_losses": np.asarray(self.start_losses).tolist(),
+            "best_start": self.best_start,
+            "bone_starts": self.bone_starts,
+            "converged": self.converged,
+            "n_iterations": self.n_iterations,
+            "time_s": self.time_s,
+            "rois": {k: list(v) for k, v in self.rois.items()},
+        }
+
+
+def pose_to_dict(pose: RigidTransform) -> dict[str, Any]:
+    """A pose as JSON-ready lists: ``rotation`` (rad), ``translation`` (mm), ``pivot``, ``matrix``."""
+    return {
+        "rotation": np.asarray(pose.rotation, np.float64).tolist(),
+        "translation": np.asarray(pose.translation, np.float64).tolist(),
+        "pivot": list(pose.pivot),
+        "matrix": np.asarray(pose.matrix(), np.float64).tolist(),
+    }
+
+
+def pose_difference(a: RigidTransform, b: RigidTransform, points=None) -> dict[str, float]:
+    """Rotation angle (deg) between two poses, translation of the pivot (mm), and, with
+    ``points`` [N, 3] (object mm), the mean and max displacement of those points (mm)."""
+    Ta, Tb = np.asarray(a.matrix(), np.float64), np.asarray(b.matrix(), np.float64)
+    dR = Ta[:3, :3].T @ Tb[:3, :3]
+    angle = math.degrees(math.acos(float(np.clip((np.trace(dR) - 1.0) / 2.0, -1.0, 1.0))))
+    c = np.append(np.asarray(a.pivot, np.float64), 1.0)
+    out = {"rotation_deg": angle, "translation_mm": float(np.linalg.norm((Ta @ c - Tb @ c)[:3]))}
+    if points is not None:
+        p = np.asarray(points, np.float64)
+        d = np.linalg.norm(p @ (Ta[:3, :3] - Tb[:3, :3]).T + (Ta[:3, 3] - Tb[:3, 3]), axis=1)
+        out["mean_mm"] = float(d.mean())
+        out["max_mm"] = float(d.max())
+    return out
+
+
+@dataclasses.dataclass
+class TrackingResult:
+    """Outcome of :func:`track_sequence`: one :class:`MultiViewResult` per frame and its flags.
+
+    Attributes:
+      results: per-frame results.
+      flags: per-frame ``{"similarity_drop", "pose_jump", "not_converged", "ok"}`` booleans.
+      poses: per-frame ``{bone: RigidTransform}`` (the results' poses).
+    """
+
+    results: list[MultiViewResult]
+    flags: list[dict[str, bool]]
+
+    @property
+    def poses(self) -> list[dict[str, RigidTransform]]:
+        return [r.poses for r in self.results]
+
+
+# ----------------------------------------------------------------------------------------------
+# Volumes
+
+
+def attenuation_volume(volume: Volume, taper_mm: float = 0.0) -> Volume:
+    """A single-channel attenuation-like density volume of a bone: the voxel values (summed over
+    channels) above the volume's minimum, divided by their maximum, faded to zero over ``taper_mm``
+    towards every face of the volume that cuts the object (a face with non-background voxels).
+
+    Raises:
+      VolumeError: the volume is constant (no object).
+    """
+    data = np.asarray(volume.data, np.float64)
+    if data.ndim == 4:
+        data = data.sum(axis=0)
+    att = data - data.min()
+    peak = att.max()
+    if not peak > 0:
+        raise VolumeError("the volume is constant: there is no object to register")
+    att = att / peak
+    if taper_mm > 0:
+        spacing = volume.spacing
+        for axis in range(3):
+            n = att.shape[axis]
+            for side in (0, n - 1):
+                face = np.take(att, side, axis=axis)
+                if (face > 1e-3).mean() < 1e-3:  # the object does not reach this face
+                    continue
+                dist_mm = (np.arange(n) if side == 0 else (n - 1 - np.arange(n))) * spacing[axis]
+                ramp = np.clip(dist_mm / taper_mm, 0.0, 1.0)
+                shape = [1, 1, 1]
+                shape[axis] = n
+                att = att * ramp.reshape(shape)
+    return Volume.create(
+        att[None].astype(np.float32), volume.affine, kind="density", channel_names=("attenuation",)
+    )
+
+
+def _check_volumes(volumes: Mapping[str, Volume]) -> dict[str, Volume]:
+    if not isinstance(volumes, Mapping) or not volumes:
+        raise JaxdrrError("volumes must be a non-empty dict {name: Volume}")
+    for name, v in volumes.items():
+        if not isinstance(v, Volume):
+            raise JaxdrrError(f"volume {name!r} must be a jaxdrr Volume, got {type(v).__name__}")
+    return dict(volumes)
+
+
+def _check_views(views: Sequence[View]) -> list[View]:
+    views = list(views)
+    if not views:
+        raise JaxdrrError("register_multiview needs at least one View")
+    for v in views:
+        if not isinstance(v, View):
+            raise JaxdrrError(f"views must be View objects, got {type(v).__name__}")
+    names = [v.name for v in views]
+    if len(set(names)) != len(names):
+        raise JaxdrrError(f"view names must be unique, got {names}")
+    return views
+
+
+def _seed_list(initial_poses, names: list[str]) -> list[dict[str, RigidTransform]]:
+    seeds = [initial_poses] if isinstance(initial_poses, Mapping) else list(initial_poses or [])
+    if not seeds:
+        raise JaxdrrError("initial_poses must be a dict {bone: RigidTransform} or a non-empty list of them")
+    out = []
+    for s in seeds:
+        if not isinstance(s, Mapping) or set(s) != set(names):
+            got = sorted(s) if isinstance(s, Mapping) else type(s).__name__
+            raise JaxdrrError(f"initial poses must name exactly the volumes {sorted(names)}, got {got}")
+        for n in names:
+            if not isinstance(s[n], RigidTransform) or np.shape(s[n].rotation) != (3,):
+                raise JaxdrrError(f"initial pose of {n!r} must be a single RigidTransform")
+        out.append({n: s[n] for n in names})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry helpers
+
+
+def _crop_projection(P, x0: float, y0: float, factor: int) -> np.ndarray:
+    """P of the crop whose pixel (0, 0) is image pixel (x0, y0), with pixels ``factor`` larger."""
+    shift = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
+    return np.asarray(rescale_detector(shift @ np.asarray(P, np.float64), factor), np.float64)
+
+
+def _box_corners(volume: Volume) -> np.ndarray:
+    """The 8 corners of the volume's voxel box in object mm."""
+    c = np.array(np.meshgrid(*[[-0.5, n - 0.5] for n in volume.shape], indexing="ij")).reshape(3, -1).T
+    return c @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+
+
+def _project(P, points) -> tuple[np.ndarray, np.ndarray]:
+    h = np.asarray(points, np.float64) @ P[:, :3].T + P[:, 3]
+    return h[:, :2] / h[:, 2:3], h[:, 2]
+
+
+def _pixels_per_mm(P, point) -> float:
+    """Image pixels per mm at a world point (perpendicular to the ray, mean of two directions)."""
+    xy, depth = _project(P, point[None])
+    M = P[:, :3]
+    # Image axes' back-projections at that depth: a pixel spans depth * |M^-1 e_x| mm roughly.
+    Minv = np.linalg.inv(M)
+    mm = [np.linalg.norm(Minv @ e) * depth[0] for e in (np.array([1.0, 0, 0]), np.array([0, 1.0, 0]))]
+    return float(2.0 / (mm[0] + mm[1]))
+
+
+def _choose_rois(views, volumes, seeds, config, max_factor: int) -> list[tuple[int, int, int, int]]:
+    rois = []
+    for view in views:
+        pts, scales = [], []
+        for seed in seeds:
+            for name, vol in volumes.items():
+                T = np.asarray(seed[name].matrix(), np.float64)
+                world = _box_corners(vol) @ T[:3, :3].T + T[:3, 3]
+                xy, depth = _project(view.P, world)
+                if np.any(depth <= 0):
+                    raise GeometryError(f"bone {name!r} is (partly) behind the source of view {view.name!r}")
+                pts.append(xy)
+                scales.append(_pixels_per_mm(view.P, world.mean(axis=0)))
+        pts = np.concatenate(pts)
+        margin = config.roi_margin_mm * max(scales)
+        H, W = view.shape
+        lo = np.floor(pts.min(axis=0) - margin)
+        hi = np.ceil(pts.max(axis=0) + margin)
+        lo = np.maximum(lo, 0)
+        hi = np.minimum(hi, [W - 1, H - 1])
+        if np.any(hi - lo < 8):
+            raise GeometryError(f"the bones project outside view {view.name!r} (image {W}x{H})")
+        # Whole blocks of the coarsest level, and sizes rounded up to ROI_QUANTUM of them so that
+        # nearby starts (tracking, repeated registrations) share crop shapes and compiled steps.
+        quantum = max_factor * ROI_QUANTUM
+        w = int(math.ceil((hi[0] - lo[0] + 1) / quantum) * quantum)
+        h = int(math.ceil((hi[1] - lo[1] + 1) / quantum) * quantum)
+        x0 = int(max(0, min(lo[0], W - w))) if w <= W else int(lo[0])
+        y0 = int(max(0, min(lo[1], H - h))) if h <= H else int(lo[1])
+        rois.append((x0, y0, w, h))
+    return rois
+
+
+def _crop(image, roi, fill=0.0):
+    x0, y0, w, h = roi
+    H, W = image.shape
+    out = np.full((h, w), fill, np.float64)
+    ys, xs = slice(y0, min(y0 + h, H)), slice(x0, min(x0 + w, W))
+    out[: ys.stop - y0, : xs.stop - x0] = image[ys, xs]
+    return out
+
+
+def _target_image(view: View, target: str) -> np.ndarray:
+    if target == "intensity":
+        if view.image.min() < 0:
+            raise JaxdrrError(
+                f"view {view.name!r}: target='intensity' needs intensities >= 0 (use target='attenuation' "
+                "for line-integral images)"
+            )
+        return -np.log(np.maximum(view.image, _INTENSITY_FLOOR))
+    return view.image
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering and similarity (pure, jit-able)
+
+
+def _to_pose(p, pivot, radius_mm):
+    return RigidTransform(p[:3] / radius_mm, p[3:], pivot)
+
+
+def _render(datas, affines, pivots, params, P, h, w, radius_mm, step_mm, backend):
+    """[B, h, w] line integrals of every bone in one view."""
+    out = []
+    for data, affine, pivot, p in zip(datas, affines, pivots, params):
+        Pb = object_projection(P, _to_pose(p, pivot, radius_mm))
+        out.append(project(data, np.asarray(affine), Pb, h, w, step_mm=step_mm, backend=backend)[..., 0])
+    return jnp.stack(out)
+
+
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def _blur(image, sigma: float):
+    """Separable Gaussian blur with edge replication (same size); identity for sigma 0."""
+    if sigma <= 0:
+        return image
+    k = jnp.asarray(_gaussian_kernel(sigma), image.dtype)
+    r = (k.shape[0] - 1) // 2
+    x = jnp.pad(image, r, mode="edge")[None, None]
+    x = jax.lax.conv_general_dilated(x, k[None, None, :, None], (1, 1), "VALID")
+    x = jax.lax.conv_general_dilated(x, k[None, None, None, :], (1, 1), "VALID")
+    return x[0, 0]
+
+
+def _similarity(metric: str):
+    if metric == "gncc":
+        return metrics_lib.gradient_ncc
+    if metric == "mncc":
+        return lambda x, y, mask: metrics_lib.multiscale_ncc(x, y, patch_sizes=(None, 8), mask=mask)
+    return metrics_lib.ncc
+
+
+@functools.lru_cache(maxsize=32)
+def _level_functions(metric, affines, pivots, shapes, radius_mm, step_mm, backend, optimizer, smooth_px=0.0):
+    """Jitted ``(step, init, evaluate)`` for one level's static structure (shapes, affines, pivots).
+
+    ``step(params, state, lr, datas, Ps, targets, masks) -> (params, state, loss)`` (the loss at
+    the incoming params); ``evaluate(params, datas, Ps, targets, masks) -> (loss, sims [V, B],
+    line integrals per view [B, h, w])``. The learning rate is an argument, not a constant, so
+    one compilation serves every level schedule and every call with these shapes.
+    """
+    sim = _similarity(metric)
+
+    def render_all(params, datas, Ps):
+        return [
+            _render(datas, affines, pivots, params, Ps[v], h, w, radius_mm, step_mm, backend)
+            for v, (h, w) in enumerate(shapes)
+        ]
+
+    def evaluate(params, datas, Ps, targets, masks):
+        Ls = render_all(params, datas, Ps)
+        s = jnp.stack(
+            [
+                jnp.stack(
+                    [
+                        sim(_blur(L.sum(axis=0), smooth_px), targets[v], masks[v][b])
+                        for b in range(len(affines))
+                    ]
+                )
+                for v, L in enumerate(Ls)
+            ]
+        )  # [V, B]
+        return jnp.mean(1.0 - s), s, Ls
+
+    def loss(params, datas, Ps, targets, masks):
+        return evaluate(params, datas, Ps, targets, masks)[0]
+
+    if optimizer == "lbfgs":
+        opt = optax.lbfgs(
+            memory_size=10,
+            linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=12, initial_guess_strategy="one"),
+        )
+    else:
+        opt = optax.scale_by_adam()
+
+    def step(params, state, lr, datas, Ps, targets, masks):
+        f = lambda p: loss(p, datas, Ps, targets, masks)  # noqa: E731
+        value, grad = jax.value_and_grad(f)(params)
+        if optimizer == "lbfgs":
+            updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=f)
+        else:
+            updates, state = opt.update(grad, state, params)
+            updates = jax.tree_util.tree_map(lambda u: -lr * u, updates)
+        return optax.apply_updates(params, updates), state, value
+
+    return jax.jit(step), opt.init, jax.jit(evaluate)
+
+
+def _dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """Binary dilation by a square of half-width ``radius_px`` (separable running max)."""
+    from scipy import ndimage
+
+    if radius_px <= 0:
+        return mask
+    return ndimage.maximum_filter(mask, size=2 * radius_px + 1, mode="constant")
+
+
+def _bone_masks(L: np.ndarray, fov: np.ndarray, threshold: float, margin_px: int) -> np.ndarray:
+    """[B, h, w] masks: each bone's footprint (above ``threshold`` of its max), dilated, times FOV."""
+    out = []
+    for Lb in L:
+        peak = float(Lb.max())
+        foot = (Lb > threshold * peak).astype(np.float64) if peak > 0 else np.zeros_like(Lb)
+        m = _dilate(foot, margin_px) * fov
+        if m.sum() < 16:  # the bone left the crop: compare the whole field instead of nothing
+            m = fov.copy()
+        out.append(m)
+    return np.stack(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registration
+
+
+@dataclasses.dataclass
+class _Level:
+    factor: int
+    iterations: int
+    optimizer: str
+    datas: tuple
+    affines: tuple
+    Ps: tuple
+    targets: tuple
+    fovs: tuple
+    shapes: tuple
+    margin_px: tuple
+
+
+def _prepare_levels(views, vols, rois, config) -> list[_Level]:
+    names = list(vols)
+    targets_full = [_target_image(v, config.target) for v in views]
+    fovs_full = [np.ones(v.shape) if v.mask is None else v.mask for v in views]
+    levels = []
+    for li, (factor, iterations, optimizer) in enumerate(config.levels):
+        # At the first level a bone may be up to the starts' spread away from its shadow: its mask
+        # must reach that far, or it never sees its own edges.
+        margin_mm = (
+            max(config.mask_margin_mm, config.start_translation_mm) if li == 0 else config.mask_margin_mm
+        )
+        Ps, targets, fovs, shapes, margins, px_mm = [], [], [], [], [], []
+        for view, roi, tgt, fov in zip(views, rois, targets_full, fovs_full):
+            x0, y0, w, h = roi
+            Ps.append(jnp.asarray(_crop_projection(view.P, x0, y0, factor), jnp.float32))
+            fov_c = np.asarray(downsample_image(_crop(fov, roi), factor), np.float64)
+            tgt_c = np.asarray(downsample_image(_crop(tgt, roi), factor), np.float64)
+            targets.append(_blur(jnp.asarray(tgt_c, jnp.float32), float(config.smooth_px)))
+            fovs.append(fov_c)
+            shapes.append((h // factor, w // factor))
+            centre = np.mean([np.asarray(v.center) for v in vols.values()], axis=0)
+            scale = _pixels_per_mm(view.P, centre) / factor  # level pixels per mm (approximate)
+            px_mm.append(1.0 / scale)
+            margins.append(max(1, int(round(margin_mm * scale))))
+        # Block-average volumes whose voxels are much finer than this level's pixels.
+        datas, affines = [], []
+        for name in names:
+            v = vols[name]
+            vf = int(np.clip(np.floor(min(px_mm) / (1.5 * float(np.min(v.spacing)))), 1, 4))
+            vd = downsample_volume(v, vf)
+            datas.append(jnp.asarray(vd.data, jnp.float32))
+            affines.append(vd.affine_key)
+        levels.append(
+            _Level(
+                factor,
+                iterations,
+                optimizer,
+                tuple(datas),
+                tuple(affines),
+                tuple(Ps),
+                tuple(targets),
+                tuple(fovs),
+                tuple(shapes),
+                tuple(margins),
+            )
+        )
+    return levels
+
+
+def _params_from_pose(pose: RigidTransform, radius_mm: float) -> jax.Array:
+    return jnp.concatenate(
+        [jnp.asarray(pose.rotation, jnp.float32) * radius_mm, jnp.asarray(pose.translation, jnp.float32)]
+    )
+
+
+def _perturbations(config: MultiViewConfig, n_bones: int) -> np.ndarray:
+    """[n_starts - 1, B, 6] deterministic random offsets (scaled rotation, translation)."""
+    rng = np.random.default_rng(config.seed)
+    n = config.n_starts - 1
+
+    def ball(size, radius):
+        d = rng.normal(size=(n, n_bones, 3))
+        d /= np.linalg.norm(d, axis=-1, keepdims=True)
+        r = radius * rng.uniform(size=(n, n_bones, 1)) ** (1.0 / 3.0)
+        return d * r
+
+    rot = ball(n, math.radians(config.start_rotation_deg)) * config.radius_mm
+    trans = ball(n, config.start_translation_mm)
+    return np.concatenate([rot, trans], axis=-1)
+
+
+def _cosine_lr(peak: float, iterations: int, it: int, final_fraction: float = 0.1) -> float:
+    """Cosine decay from ``peak`` to ``final_fraction * peak`` over a level."""
+    frac = it / max(iterations - 1, 1)
+    return peak * (final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+
+def _level_masks(level, evaluate, params, config) -> tuple:
+    """Every view's [B, h, w] bone masks at ``params`` (see :func:`_bone_masks`)."""
+    ones = tuple(jnp.ones((len(level.affines), h, w), jnp.float32) for h, w in level.shapes)
+    Ls = evaluate(params, level.datas, level.Ps, level.targets, ones)[2]
+    return tuple(
+        jnp.asarray(
+            _bone_masks(np.asarray(L), level.fovs[v], config.mask_threshold, level.margin_px[v]), jnp.float32
+        )
+        for v, L in enumerate(Ls)
+    )
+
+
+def _run_level(level, params, fns, config, record, start_index):
+    """Optimises one level from ``params``; returns (best params, best loss, iterations, stopped
+    early, masks)."""
+    step, init_fn, evaluate = fns
+    peak = config.learning_rate * math.sqrt(level.factor)
+
+    def masks_for(p, masks):
+        return _level_masks(level, evaluate, p, config)
+
+    masks = masks_for(params, None)
+    state = init_fn(params)
+    best_params = params
+    best = float(evaluate(params, level.datas, level.Ps, level.targets, masks)[0])
+    since, stopped = 0, False
+    n_run = 0
+    for it in range(level.iterations):
+        if config.mask_update_every and it > 0 and it % config.mask_update_every == 0:
+            # The masks follow the bones; the loss changes with them, so restart the comparison.
+            masks = masks_for(best_params, masks)
+            best = float(evaluate(best_params, level.datas, level.Ps, level.targets, masks)[0])
+        lr = jnp.asarray(_cosine_lr(peak, level.iterations, it), jnp.float32)
+        new_params, state, value = step(params, state, lr, level.datas, level.Ps, level.targets, masks)
+        value = float(value)
+        n_run += 1
+        if not np.isfinite(value):
+            break
+        since = 0 if value < best - config.tol else since + 1
+        if value < best:
+            best, best_params = value, params
+        params = new_params
+        record({"start": start_index, "factor": level.factor, "iteration": it, "loss": value})
+        # Adam oscillates at about its step size: judge a plateau only once the step has decayed.
+        if since >= config.patience and it >= level.iterations // 2:
+            stopped = True
+            break
+    final = float(evaluate(params, level.datas, level.Ps, level.targets, masks)[0])
+    if final < best:
+        best, best_params = final, params
+    return best_params, best, n_run, stopped, masks
+
+
+def register_multiview(
+    volumes: Mapping[str, Volume],
+    views: Sequence[View],
+    initial_poses,
+    config: MultiViewConfig | None = None,
+    *,
+    rois: Mapping[str, tuple[int, int, int, int]] | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> MultiViewResult:
+    """Jointly registers several rigid objects (bones) in several calibrated views.
+
+    Args:
+      volumes: ``{bone: Volume}`` in the bone's own coordinates (mm); any value range (see
+        :func:`attenuation_volume`).
+      views: the calibrated views (:class:`View`); images of any size, each with its own P.
+      initial_poses: ``{bone: RigidTransform}`` (object -> world), or a list of such dicts (seeds of
+        a multi-start). A pose's pivot is replaced by the volume's centre (same transform).
+      config: :class:`MultiViewConfig`.
+      rois: ``{view: (x0, y0, width, height)}`` crops to use instead of the automatic ones (e.g. a
+        previous result's ``rois``: the same shapes reuse the compiled steps); sizes must be
+        multiples of the coarsest level's factor.
+      callback: called with each iteration's record (progress display).
+
+    Returns:
+      :class:`MultiViewResult`.
+
+    Raises:
+      JaxdrrError: bad or inconsistent inputs (names, shapes, masks), before any work.
+    """
+    config = config or MultiViewConfig()
+    vols_in = _check_volumes(volumes)
+    views = _check_views(views)
+    names = list(vols_in)
+    seeds = _seed_list(initial_poses, names)
+    t0 = time.perf_counter()
+    vols = {n: attenuation_volume(v, config.taper_mm) for n, v in vols_in.items()}
+    pivots = tuple(tuple(float(c) for c in vols[n].center) for n in names)
+    # Re-express every seed about the volume centre (the optimiser's rotation centre).
+    seeds = [
+        {n: RigidTransform.from_matrix(s[n].matrix(), pivots[i]) for i, n in enumerate(names)} for s in seeds
+    ]
+    max_factor = max(f for f, _, _ in config.levels)
+    if rois is None:
+        rois = _choose_rois(views, vols, seeds, config, max_factor)
+    else:
+        if set(rois) != {v.name for v in views}:
+            raise JaxdrrError(
+                f"rois must name exactly the views {[v.name for v in views]}, got {sorted(rois)}"
+            )
+        rois = [tuple(int(x) for x in rois[v.name]) for v in views]
+        if any(
+            len(r) != 4 or r[2] % max_factor or r[3] % max_factor or min(r[2:]) < 4 * max_factor for r in rois
+        ):
+            raise JaxdrrError(
+                f"each roi must be (x0, y0, width, height) with sizes multiples of {max_factor}, at least "
+                f"{4 * max_factor}; got {rois}"
+            )
+    levels = _prepare_levels(views, vols, rois, config)
+
+    starts = []
+    offsets = _perturbations(config, len(names))
+    for s in seeds:
+        base = jnp.stack([_params_from_pose(s[n], config.radius_mm) for n in names])
+        starts.append(base)
+        starts.extend(base + jnp.asarray(o, jnp.float32) for o in offsets)
+
+    history: list[dict[str, Any]] = []
+    n_iter = 0
+
+    def fns_for(level):
+        return _level_functions(
+            config.metric,
+            level.affines,
+            pivots,
+            level.shapes,
+            config.radius_mm,
+            config.step_mm,
+            config.backend,
+            level.optimizer,
+            float(config.smooth_px),
+        )
+
+    def record_into(buffer):
+        def record(rec):
+            buffer.append(rec)
+            if callback is not None:
+                callback(rec)
+
+        return record
+
+    # First level: every start; keep the best.
+    first = levels[0]
+    fns = fns_for(first)
+    start_losses, start_results, start_histories, start_sims = [], [], [], []
+    for i, p0 in enumerate(starts):
+        buf: list[dict[str, Any]] = []
+        p, loss, n, stopped, masks = _run_level(first, p0, fns, config, record_into(buf), i)
+        n_iter += n
+        start_losses.append(loss)
+        start_results.append((p, stopped, masks))
+        start_histories.append(buf)
+        # Each bone scored where no other bone projects, so that a well-placed neighbour does not
+        # lend its edges to a misplaced bone.
+        own = tuple(m * (1.0 - (jnp.sum(m, axis=0, keepdims=True) - m > 0)) for m in masks)
+        sims_i = np.asarray(fns[2](p, first.datas, first.Ps, first.targets, own)[1], np.float64)
+        start_sims.append(np.where(np.isfinite(sims_i), sims_i, -np.inf).mean(axis=0))  # [B]
+    best_start = int(np.nanargmin(start_losses))
+    params, stopped, masks = start_results[best_start]
+    history.extend(dict(r, level=0) for r in start_histories[best_start])
+    # Each bone continues from the start where *it* matched best (its mean similarity over the
+    # views): the bones' starts need not be good in the same start.
+    bone_starts = [int(np.argmax([s[b] for s in start_sims])) for b in range(len(names))]
+    if len(starts) > 1:
+        params = jnp.stack([start_results[bone_starts[b]][0][b] for b in range(len(names))])
+    init_params = jnp.stack([starts[bone_starts[b]][b] for b in range(len(names))])
+    loss = start_losses[best_start]
+    for li, level in enumerate(levels[1:], start=1):
+        buf = []
+        params, loss, n, stopped, masks = _run_level(
+            level, params, fns_for(level), config, record_into(buf), best_start
+        )
+        n_iter += n
+        history.extend(dict(r, level=li) for r in buf)
+
+    last = levels[-1]
+    evaluate = fns_for(last)[2]
+    masks = _level_masks(last, evaluate, params, config)  # at the final poses (reported similarities)
+    _, sims, Ls = evaluate(params, last.datas, last.Ps, last.targets, masks)
+    _, sims0, _ = evaluate(init_params, last.datas, last.Ps, last.targets, masks)
+    sims, sims0 = np.asarray(sims, np.float64), np.asarray(sims0, np.float64)
+    sim_fn = _similarity(config.metric)
+    view_sim = {}
+    for v, view in enumerate(views):
+        union = jnp.max(masks[v], axis=0)
+        view_sim[view.name] = float(sim_fn(Ls[v].sum(axis=0), last.targets[v], union))
+    poses = {n: _to_pose(jnp.asarray(params[i]), pivots[i], config.radius_mm) for i, n in enumerate(names)}
+    return MultiViewResult(
+        poses=poses,
+        similarity={
+            view.name: {n: float(sims[v, b]) for b, n in enumerate(names)} for v, view in enumerate(views)
+        },
+        view_similarity=view_sim,
+        loss=float(loss),
+        initial_similarity={
+            view.name: {n: float(sims0[v, b]) for b, n in enumerate(names)} for v, view in enumerate(views)
+        },
+        history=history,
+        start_losses=np.asarray(start_losses),
+        best_start=best_start,
+        bone_starts={n: bone_starts[b] for b, n in enumerate(names)},
+        converged=bool(stopped),
+        n_iterations=n_iter,
+        time_s=time.perf_counter() - t0,
+        rois={view.name: rois[v] for v, view in enumerate(views)},
+    )
+
+
+def render_views(
+    volumes: Mapping[str, Volume],
+    poses: Mapping[str, RigidTransform],
+    views: Sequence[View],
+    *,
+    taper_mm: float = 0.0,
+    step_mm=None,
+    backend: str = "auto",
+) -> list[np.ndarray]:
+    """Full-size DRRs (sum of the bones' attenuation line integrals, :func:`attenuation_volume`) of
+    ``poses`` in every view: a list of [H, W] arrays (for overlays and checks)."""
+    vols = _check_volumes(volumes)
+    views = _check_views(views)
+    out = []
+    for view in views:
+        H, W = view.shape
+        total = np.zeros((H, W))
+        for name, vol in vols.items():
+            att = attenuation_volume(vol, taper_mm)
+            Pb = object_projection(jnp.asarray(view.P, jnp.float32), poses[name])
+            total += np.asarray(
+                project(att.data, att.affine, Pb, H, W, step_mm=step_mm, backend=backend)[..., 0]
+            )
+        out.append(total)
+    return out
+
+
+def view_similarities(result: MultiViewResult) -> dict[str, float]:
+    """Mean similarity over bones, per view."""
+    return {v: float(np.mean(list(per_bone.values()))) for v, per_bone in result.similarity.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Tracking
+
+
+def track_sequence(
+    volumes: Mapping[str, Volume],
+    frames_per_view: Sequence[Sequence[np.ndarray]],
+    views: Sequence[View],
+    initial_poses: Mapping[str, RigidTransform],
+    config: MultiViewConfig | None = None,
+    *,
+    first_config: MultiViewConfig | None = None,
+    max_similarity_drop: float = 0.1,
+    max_jump_mm: float = 5.0,
+    max_jump_deg: float = 5.0,
+) -> TrackingResult:
+    """Registers a sequence frame by frame, each frame warm-started from the previous frame's poses.
+
+    Args:
+      volumes: ``{bone: Volume}``.
+      frames_per_view: ``[view][frame]`` images (every view the same number of frames, each frame
+        the shape of its view's image).
+      views: the calibrated views (P, mask, name; their ``image`` is replaced by each frame's).
+      initial_poses: the poses for the first frame's start.
+      config: settings of every frame after the first (default: :class:`MultiViewConfig` with one
+        start: the previous frame's poses). ``first_config``: settings of the first frame (default ``config``).
+      max_similarity_drop: flag a frame whose mean similarity is lower than the previous frame's by
+        more than this.
+      max_jump_mm, max_jump_deg: flag a frame whose pose moved more than this from the previous
+        frame (any bone; pivot translation and rotation angle).
+
+    Returns:
+      :class:`TrackingResult` (per-frame results and flags ``similarity_drop``, ``pose_jump``,
+      ``not_converged`` and ``ok`` = none of them).
+    """
+    views = _check_views(views)
+    if len(frames_per_view) != len(views):
+        raise JaxdrrError(f"frames_per_view has {len(frames_per_view)} views, expected {len(views)}")
+    counts = {len(f) for f in frames_per_view}
+    if len(counts) != 1 or 0 in counts:
+        raise JaxdrrError(
+            f"every view needs the same, non-zero number of frames, got {[len(f) for f in frames_per_view]}"
+        )
+    config = config or MultiViewConfig(n_starts=1)
+    first_config = first_config or config
+    n_frames = counts.pop()
+    results, flags = [], []
+    poses = dict(initial_poses)
+    for t in range(n_frames):
+        frame_views = []
+        for v, view in enumerate(views):
+            img = np.asarray(frames_per_view[v][t], np.float64)
+            if img.shape != view.shape:
+                raise JaxdrrError(
+                    f"frame {t} of view {view.name!r} has shape {img.shape}, expected {view.shape}"
+                )
+            frame_views.append(view.replace(image=img))
+        res = register_multiview(volumes, frame_views, poses, first_config if t == 0 else config)
+        flag = {"similarity_drop": False, "pose_jump": False, "not_converged": not res.converged}
+        if results:
+            prev = results[-1]
+            flag["similarity_drop"] = res.mean_similarity() < prev.mean_similarity() - max_similarity_drop
+            for name, pose in res.poses.items():
+                d = pose_difference(prev.poses[name], pose)
+                if d["translation_mm"] > max_jump_mm or d["rotation_deg"] > max_jump_deg:
+                    flag["pose_jump"] = True
+        flag["ok"] = not any(flag.values())
+        results.append(res)
+        flags.append(flag)
+        poses = res.poses
+    return TrackingResult(results=results, flags=flags)
