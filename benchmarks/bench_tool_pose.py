@@ -42,7 +42,6 @@ import jaxdrr  # noqa: E402
 from jaxdrr.geometry import carm  # noqa: E402
 from jaxdrr.geometry.carm import CArmGeometry  # noqa: E402
 from jaxdrr.instruments import kwire  # noqa: E402
-from jaxdrr.mesh import TriangleMesh  # noqa: E402
 from jaxdrr.registration import register_tool, tool_pose_errors  # noqa: E402
 from jaxdrr.registration.tool_pose import perturb_tool_pose, tool_pose_along  # noqa: E402
 from jaxdrr.scene import MeshObject, Scene, make_scene_renderer, scene_params  # noqa: E402
@@ -59,16 +58,9 @@ PIXEL_MM = 1.6
 
 def build_scene():
     """The pelvis, the K-wire at the end of a retrograde ramus path, and the AP / lateral cameras."""
-    import trimesh
-
     ct = jaxdrr.phantom(kind="pelvis", shape=(122, 88, 119))
     wire = kwire(diameter_mm=2.5, length_mm=250.0, tip="trocar")
-    # <= 20 mm triangles along the shaft: very long thin triangles lose float32 precision in the
-    # ray/triangle test (the same solid, finer triangulation).
-    vertices, faces = trimesh.remesh.subdivide_to_size(
-        np.asarray(wire.mesh.vertices, np.float64), np.asarray(wire.mesh.faces), max_edge=20.0
-    )
-    mesh = TriangleMesh.create(vertices, faces, name="kwire")
+    mesh = wire.mesh
     goal, tubercle = np.array([-78.0, 18.0, -18.0]), np.array([-20.0, 58.0, -58.0])
     direction = (goal - tubercle) / np.linalg.norm(goal - tubercle)
     truth = tool_pose_along(goal, direction, wire.landmarks["tip"], wire.landmarks["base"])

@@ -13,22 +13,31 @@ scatter ConvNet's (or the Monte Carlo's) estimate inside the render. The main en
 Materials (``jaxdrr.materials``): ``RenderConfig(materials="thresholds" | "thresholds+metal" |
 "vnet")``; ``jaxdrr.decompose(params, volume, config)`` turns a CT into a density volume once (the
 fast path for many renders of one CT, and the way to use a label map).
+
+Surgical tools (``jaxdrr.scene``, ``jaxdrr.instruments``): a :class:`Scene` is a CT plus meshes
+(``read_mesh`` or parametric K-wires, screws, plates, guidewires) and further volumes, each with its
+own differentiable :class:`RigidTransform`; ``make_scene_renderer(config)(params, scene, P, key)``
+renders it (docs/tools.md).
 """
 
 from jaxdrr import (
     display,
     geometry,
+    instruments,
     materials,
     noise,
     ops,
     physics,
     scatter,
+    scene,
     spectral,
 )
 from jaxdrr._version import __version__
-from jaxdrr.errors import GeometryError, JaxdrrError, LoadError, VolumeError
-from jaxdrr.io import format_volume_info, load_npz, load_volume, save_image, save_npz, volume_info
+from jaxdrr.errors import GeometryError, JaxdrrError, LoadError, MeshError, VolumeError
+from jaxdrr.geometry.rigid import RigidTransform
+from jaxdrr.io import format_volume_info, load_npz, load_volume, read_mesh, save_image, save_npz, volume_info
 from jaxdrr.materials import MaterialConfig, decompose
+from jaxdrr.mesh import TriangleMesh
 from jaxdrr.noise import NoiseConfig
 from jaxdrr.ops import project
 from jaxdrr.phantoms import phantom
@@ -44,6 +53,7 @@ from jaxdrr.render import (
     scatter_images,
 )
 from jaxdrr.scatter import ScatterConfig
+from jaxdrr.scene import MeshObject, Scene, VolumeObject, make_scene_renderer, render_scene, scene_params
 from jaxdrr.volume import Volume
 
 __all__ = [
@@ -70,7 +80,18 @@ __all__ = [
     "scatter_images",
     "material_densities",
     "decompose",
+    "Scene",
+    "MeshObject",
+    "VolumeObject",
+    "RigidTransform",
+    "TriangleMesh",
+    "read_mesh",
+    "scene_params",
+    "make_scene_renderer",
+    "render_scene",
     "geometry",
+    "instruments",
+    "scene",
     "ops",
     "physics",
     "materials",
@@ -82,4 +103,5 @@ __all__ = [
     "VolumeError",
     "GeometryError",
     "LoadError",
+    "MeshError",
 ]

@@ -37,4 +37,8 @@ def test_bad_files_never_stop_a_command(tmp_path):
 
 def test_location_follows_xdg(tmp_path):
     assert timings.timings_path({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "jaxdrr" / "timings.json"
-    assert timings.timings_path({"XDG_CACHE_HOME": "relative"}).parts[-3:] == (".cache", "jaxdrr", "timings.json")
+    assert timings.timings_path({"XDG_CACHE_HOME": "relative"}).parts[-3:] == (
+        ".cache",
+        "jaxdrr",
+        "timings.json",
+    )

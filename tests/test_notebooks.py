@@ -12,8 +12,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Notebook -> the tools/ script that writes (and executes) it. 02 predates the generators; it is
 # stored executed as well, and test_registration.py runs it.
-GENERATORS = {"01_quickstart.ipynb": "make_quickstart_notebook", "03_dataset.ipynb": "make_dataset_notebook"}
-NOTEBOOKS = ("01_quickstart.ipynb", "02_registration.ipynb", "03_dataset.ipynb")
+GENERATORS = {
+    "01_quickstart.ipynb": "make_quickstart_notebook",
+    "03_dataset.ipynb": "make_dataset_notebook",
+    "04_tools.ipynb": "make_tools_notebook",
+    "05_real_fluoroscopy.ipynb": "make_real_fluoro_notebook",
+}
+NOTEBOOKS = (
+    "01_quickstart.ipynb",
+    "02_registration.ipynb",
+    "03_dataset.ipynb",
+    "04_tools.ipynb",
+    "05_real_fluoroscopy.ipynb",
+)
 
 # A stored notebook is a few modest figures and short printouts; more means a figure or an output
 # grew out of hand.
@@ -58,3 +69,11 @@ def test_quickstart_notebook_runs(tmp_path):
 def test_dataset_notebook_runs(tmp_path):
     assert "dataset checks passed: 8 samples" in run_notebook("03_dataset.ipynb", tmp_path)
     assert (tmp_path / "data" / "coco.json").is_file()
+
+
+def test_tools_notebook_runs(tmp_path):
+    assert "final: tip" in run_notebook("04_tools.ipynb", tmp_path)
+
+
+def test_real_fluoroscopy_notebook_runs(tmp_path):
+    assert "similarity checks passed" in run_notebook("05_real_fluoroscopy.ipynb", tmp_path)

@@ -35,13 +35,11 @@ Sizes are small (a 3.2 mm CT, 128 px detector) so this runs in a minute or two o
         """import time
 import jax, jax.numpy as jnp, numpy as np
 import matplotlib.pyplot as plt
-import trimesh
 import jaxdrr
 from jaxdrr.geometry import carm
 from jaxdrr.geometry.carm import CArmGeometry
 from jaxdrr.geometry.rigid import RigidTransform
 from jaxdrr.instruments import kwire
-from jaxdrr.mesh import TriangleMesh
 from jaxdrr.registration import register_tool, tool_pose_errors
 from jaxdrr.registration.tool_pose import perturb_tool_pose, tool_pose_along
 from jaxdrr.scene import MeshObject, Scene, make_scene_renderer, project_landmarks, scene_params
@@ -50,13 +48,9 @@ plt.rcParams["figure.dpi"] = 65
 ct = jaxdrr.phantom(kind="pelvis", shape=(122, 88, 119))        # the built-in pelvis CT at ~3.2 mm
 wire = kwire(diameter_mm=2.5, length_mm=250.0, tip="trocar")    # 316L stainless steel
 TIP, BASE = wire.landmarks["tip"], wire.landmarks["base"]       # (0, 0, 250) and the origin
-# Split the 250 mm shaft triangles into pieces of <= 20 mm: very long thin triangles lose float32
-# precision in the ray/triangle test (same solid, finer triangulation).
-vertices, faces = trimesh.remesh.subdivide_to_size(
-    np.asarray(wire.mesh.vertices, np.float64), np.asarray(wire.mesh.faces), max_edge=20.0)
-wire_mesh = TriangleMesh.create(vertices, faces, name="kwire")
+wire_mesh = wire.mesh
 print(ct)
-print(f"K-wire: {wire.material}, {wire.density} g/cm^3, {len(faces)} triangles")""",
+print(f"K-wire: {wire.material}, {wire.density} g/cm^3, {wire.mesh.num_faces} triangles")""",
     ),
     (
         "md",

@@ -221,7 +221,10 @@ def _schedule(triangles, P, height, width, tile, cull, split_small=False) -> _Sc
     behind = jnp.all(w <= 0, axis=1)  # entirely behind the source: no hit with t > 0
     safe_w = jnp.where(w > 0, w, 1.0)
     limit = jnp.asarray([width, height], tri.dtype) + 2.0 * tile
-    xy = jnp.clip(homog[..., :2] / safe_w[..., None], -2.0 * tile, limit)  # [F, 3, 2]
+    projected = homog[..., :2] / safe_w[..., None]  # [F, 3, 2] pixels (finite: w > 0 or replaced)
+    # Clipped for the tile indices only: clipping corners one by one changes the triangle's shape,
+    # so the separating-edge test below uses the unclipped corners.
+    xy = jnp.clip(projected, -2.0 * tile, limit)
     lo = jnp.floor(jnp.min(xy, axis=1)) - 1.0  # one pixel margin: rounding and ties
     hi = jnp.ceil(jnp.max(xy, axis=1)) + 1.0
     size = jnp.asarray([width, height], tri.dtype)
@@ -248,10 +251,18 @@ def _schedule(triangles, P, height, width, tile, cull, split_small=False) -> _Sc
     diff = diff.at[ty1 + 1, tx0].add(-one).at[ty1 + 1, tx1 + 1].add(one)
     covered = (jnp.cumsum(jnp.cumsum(diff, axis=0), axis=1)[:nty, :ntx] > 0).reshape(-1)
     tiles = jnp.nonzero(covered, size=n_tiles, fill_value=0)[0].astype(jnp.int32)
-    e1, e2 = xy[:, 1] - xy[:, 0], xy[:, 2] - xy[:, 0]
-    orientation = jnp.where(straddles, 0.0, jnp.sign(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]))
+    e1, e2 = projected[:, 1] - projected[:, 0], projected[:, 2] - projected[:, 0]
+    cross = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    # The separating-edge test needs the projected winding. For slivers seen nearly edge-on (a long
+    # wire's silhouette faces) the sign of the float32 cross product of the divided corners is not
+    # reliable, while the homogeneous hit test may still count the face: such a face would then be
+    # culled from tiles it hits, leaving its partner's hit unpaired (an error of the whole ray
+    # depth). Below a sine of 1e-3 between the edges (far above rounding), keep the box test only.
+    norms = jnp.linalg.norm(e1, axis=-1) * jnp.linalg.norm(e2, axis=-1)
+    reliable = jnp.abs(cross) > 1e-3 * (norms + 1.0)
+    orientation = jnp.where(straddles | ~reliable, 0.0, jnp.sign(cross))
     window = jnp.clip(first, -2 * tile - SMALL_WINDOW, limit).astype(jnp.int32)
-    return _Schedule(tiles, jnp.sum(covered).astype(jnp.int32), ranges, xy, orientation, small, window)
+    return _Schedule(tiles, jnp.sum(covered).astype(jnp.int32), ranges, projected, orientation, small, window)
 
 
 def _tile_triangles(schedule: _Schedule, t, ntx, tile, chunk):

@@ -16,7 +16,7 @@ Example::
     result.P, result.history
 """
 
-from jaxdrr.registration import accuracy, metrics, multiview, optimize, pose
+from jaxdrr.registration import accuracy, initialize, metrics, multiview, optimize, pose
 from jaxdrr.registration.accuracy import (
     grid_points,
     mtre,
@@ -24,6 +24,12 @@ from jaxdrr.registration.accuracy import (
     registration_errors,
     rotation_error_deg,
     translation_error_mm,
+)
+from jaxdrr.registration.initialize import (
+    initialize_bone,
+    initialize_bones,
+    load_initial_poses,
+    save_initial_poses,
 )
 from jaxdrr.registration.metrics import (
     gradient_ncc,
@@ -66,6 +72,11 @@ from jaxdrr.registration.pose import (
 from jaxdrr.registration.tool_pose import ToolRegistrationResult, register_tool, tool_pose_errors
 
 __all__ = [
+    "initialize",
+    "initialize_bone",
+    "initialize_bones",
+    "load_initial_poses",
+    "save_initial_poses",
     "Pose",
     "Camera",
     "camera_from_carm",

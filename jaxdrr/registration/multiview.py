@@ -85,6 +85,7 @@ __all__ = [
 TARGETS = ("intensity", "attenuation")
 MULTIVIEW_METRICS = ("gncc", "mncc", "ncc")
 OPTIMIZERS = ("adam", "lbfgs")
+SWITCH_MARGIN = 0.05  # similarity a bone must gain to continue from another start than the best
 ROI_QUANTUM = 8  # crop sizes are multiples of 8 blocks of the coarsest level
 _INTENSITY_FLOOR = 1.0 / 512.0  # below half an 8-bit step: -ln stays finite on black pixels
 
@@ -175,7 +176,7 @@ class MultiViewConfig:
     optimizer: str = "adam"
     learning_rate: float = 0.5
     radius_mm: float = 30.0
-    n_starts: int = 8
+    n_starts: int = 1
     start_rotation_deg: float = 10.0
     start_translation_mm: float = 10.0
     seed: int = 0
@@ -183,7 +184,7 @@ class MultiViewConfig:
     mask_margin_mm: float = 4.0
     mask_threshold: float = 0.05
     mask_update_every: int = 10
-    smooth_px: float = 1.0
+    smooth_px: float = 0.0
     taper_mm: float = 8.0
     step_mm: float | None = None
     patience: int = 8
@@ -250,8 +251,9 @@ class MultiViewResult:
       history: per-iteration records ``{"level", "factor", "iteration", "loss"}`` of the kept start.
       start_losses: first-level final loss of every start.
       best_start: index of the start with the lowest first-level loss.
-      bone_starts: ``{bone: start}``: each bone continues from the start where it matched best
-        (mean similarity over views at the end of the first level).
+      bone_starts: ``{bone: start}``: each bone continues from the jointly best start, or from the
+        start where it alone matched clearly better (mean similarity over the views, on the pixels
+        no other bone covers, higher by more than ``SWITCH_MARGIN``).
       converged: the last level stopped on its own (no improvement > ``tol`` for ``patience``).
       n_iterations: iterations run (all starts and levels).
       time_s: wall time (includes compilation on a cold cache).
@@ -878,7 +880,13 @@ def register_multiview(
     history.extend(dict(r, level=0) for r in start_histories[best_start])
     # Each bone continues from the start where *it* matched best (its mean similarity over the
     # views): the bones' starts need not be good in the same start.
-    bone_starts = [int(np.argmax([s[b] for s in start_sims])) for b in range(len(names))]
+    # A bone leaves the jointly best start only for a clearly better one of its own (scores on
+    # small exclusive masks are noisy where bones overlap).
+    bone_starts = []
+    for b in range(len(names)):
+        own_best = int(np.argmax([s[b] for s in start_sims]))
+        better = start_sims[own_best][b] > start_sims[best_start][b] + SWITCH_MARGIN
+        bone_starts.append(own_best if better else best_start)
     if len(starts) > 1:
         params = jnp.stack([start_results[bone_starts[b]][0][b] for b in range(len(names))])
     init_params = jnp.stack([starts[bone_starts[b]][b] for b in range(len(names))])
