@@ -253,13 +253,16 @@ def _schedule(triangles, P, height, width, tile, cull, split_small=False) -> _Sc
     tiles = jnp.nonzero(covered, size=n_tiles, fill_value=0)[0].astype(jnp.int32)
     e1, e2 = projected[:, 1] - projected[:, 0], projected[:, 2] - projected[:, 0]
     cross = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    # The separating-edge test needs the projected winding. For slivers seen nearly edge-on (a long
-    # wire's silhouette faces) the sign of the float32 cross product of the divided corners is not
-    # reliable, while the homogeneous hit test may still count the face: such a face would then be
-    # culled from tiles it hits, leaving its partner's hit unpaired (an error of the whole ray
-    # depth). Below a sine of 1e-3 between the edges (far above rounding), keep the box test only.
-    norms = jnp.linalg.norm(e1, axis=-1) * jnp.linalg.norm(e2, axis=-1)
-    reliable = jnp.abs(cross) > 1e-3 * (norms + 1.0)
+    # The separating-edge test needs the projected winding. For a face seen (almost) exactly edge-on
+    # the sign of the cross product of the divided corners is lost to rounding, while the
+    # homogeneous hit test may still count the face: culled from tiles it hits, it would leave its
+    # partner's hit unpaired (an error of the whole ray depth). The rounding of the corners is
+    # <= eps |xy| each, so that of the cross product is <= ~4 eps (|e1| + |e2|) max|xy|; below 8x
+    # that bound the face keeps the box test only.
+    eps = jnp.finfo(projected.dtype).eps
+    scale = jnp.max(jnp.abs(projected), axis=(1, 2)) + 1.0
+    lengths = jnp.linalg.norm(e1, axis=-1) + jnp.linalg.norm(e2, axis=-1)
+    reliable = jnp.abs(cross) > 32.0 * eps * lengths * scale
     orientation = jnp.where(straddles | ~reliable, 0.0, jnp.sign(cross))
     window = jnp.clip(first, -2 * tile - SMALL_WINDOW, limit).astype(jnp.int32)
     return _Schedule(tiles, jnp.sum(covered).astype(jnp.int32), ranges, projected, orientation, small, window)
@@ -629,13 +632,20 @@ def _inside_forward(flat, triangles, P, height, width, tile, cull, volume):
     def per_tile(out, t):
         points = _tile_points(t, ntx, tile, P.dtype)
         idx, count = _tile_triangles(schedule, t, ntx, tile, chunk)
-        near, far = _tile_depth_range(triangles, P, ref, points, idx, count, chunk)
-        samples = _samples(flat, P, ref, points, near, far, volume)
+        zero = jnp.zeros((tile * tile, channels), P.dtype)
 
-        def per_chunk(acc, ids, valid):
-            return acc + _chunk_inside(triangles[ids], valid, P, ref, points, samples, near, far)
+        def work(_):
+            near, far = _tile_depth_range(triangles, P, ref, points, idx, count, chunk)
+            samples = _samples(flat, P, ref, points, near, far, volume)
 
-        acc = _over_chunks(idx, count, chunk, per_chunk, jnp.zeros((tile * tile, channels), P.dtype))
+            def per_chunk(acc, ids, valid):
+                return acc + _chunk_inside(triangles[ids], valid, P, ref, points, samples, near, far)
+
+            return _over_chunks(idx, count, chunk, per_chunk, zero)
+
+        # The visited tiles are the union of the triangles' boxes; most tiles in the box of a long,
+        # oblique wire meet none of its triangles: skip their volume samples.
+        acc = jax.lax.cond(count > 0, work, lambda _: zero, None)
         return out.at[t].set(acc)
 
     out = _over_tiles(schedule, per_tile, jnp.zeros((nty * ntx, tile * tile, channels), P.dtype))
@@ -661,9 +671,12 @@ def _inside_bwd(height, width, tile, cull, volume, residuals, g):
     g_tiles = _tile(g, tile)
 
     def per_tile(grads, t):
-        g_flat, g_tri, g_P = grads
         points = _tile_points(t, ntx, tile, P.dtype)
         idx, count = _tile_triangles(schedule, t, ntx, tile, chunk)
+        return jax.lax.cond(count > 0, lambda g: tile_grads(g, t, points, idx, count), lambda g: g, grads)
+
+    def tile_grads(grads, t, points, idx, count):
+        g_flat, g_tri, g_P = grads
         near, far = _tile_depth_range(triangles, P, ref, points, idx, count, chunk)
         samples, samples_vjp = jax.vjp(
             lambda f, P_, a, b: _samples(f, P_, ref, points, a, b, volume), flat, P, near, far
