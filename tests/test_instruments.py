@@ -10,7 +10,6 @@ Volumes are checked in float64 (meshes built under ``jax.enable_x64``) against c
   rounded corners) are bracketed by the inscribed and the ideal shapes, with bounds derived below.
 """
 
-import jax
 import numpy as np
 import pytest
 import trimesh
@@ -63,12 +62,6 @@ BUILDERS = {
     "guidewire": (lambda: guidewire(ARC), 0),
     "catheter": (lambda: catheter(ARC), 1),
 }
-
-
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
 
 
 def numpy_mesh(inst: Instrument):

@@ -26,14 +26,6 @@ U32 = 2.0**-24
 H, W = 36, 40  # non-square: catches row/column mix-ups
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 def camera(rotvec=(0.3, -0.4, 0.2), pixel_mm=2.5, sod=600.0, sdd=1000.0, height=H, width=W):
     """P looking at the origin from distance ``sod``, rotated by ``rotvec`` (NumPy float64)."""
     K = np.asarray(intrinsic_matrix(sdd, pixel_mm, height, width), np.float64)

@@ -272,7 +272,6 @@ def test_cli_multiview_errors_before_work(tmp_path, capsys):
     assert not (tmp_path / "p.json").exists()
 
 
-@pytest.mark.skipif(not (WRIST / "frames").is_dir(), reason="the Autoscoper wrist data is not in data/")
 def test_real_wrist_frame_0002_radius_and_ulna():
     """Real biplanar intensifier frames (frame 0002): from two starts on either side of a stored
     pose (each 2 deg / 2 mm off, so ~4 mm and 4 deg apart), the joint radius + ulna registration

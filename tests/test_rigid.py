@@ -11,14 +11,6 @@ from jaxdrr.geometry.rigid import RigidTransform, object_projection
 from jaxdrr.geometry.rotations import so3_exp
 
 
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 def test_matrix_is_rotation_about_the_pivot(x64):
     rot = np.array([0.3, -0.2, 0.5])
     pose = RigidTransform.create(rot, [1.0, -2.0, 3.0], pivot=(10.0, 20.0, 30.0))
