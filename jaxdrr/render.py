@@ -173,9 +173,15 @@ def _project(config: RenderConfig, densities, volume: Volume, P) -> jax.Array:
     return L / MM_PER_CM
 
 
-def line_integrals(config: RenderConfig, volume: Volume, P, params=None) -> jax.Array:
-    """Per-material line integrals [H, W, M] in g/cm^2 (``params``: see :func:`material_densities`)."""
-    return _project(config, material_densities(volume, config.materials, params), volume, P)
+def line_integrals(config: RenderConfig, volume: Volume, P, params=None, densities=None) -> jax.Array:
+    """Per-material line integrals [H, W, M] in g/cm^2 (``params``: see :func:`material_densities`).
+
+    ``densities``: the volume's :func:`material_densities`, if the caller already has them (a scene
+    reuses them for the tissue its tools displace); computed here otherwise.
+    """
+    if densities is None:
+        densities = material_densities(volume, config.materials, params)
+    return _project(config, densities, volume, P)
 
 
 def primary_moments(params, L) -> spectral.DetectorMoments:

@@ -482,3 +482,17 @@ def test_bad_inputs_raise_clear_errors():
     channels, affine = _volume((4, 4, 4), 1.0, np.ones((1, 4, 4, 4), np.float32))
     with pytest.raises(GeometryError, match="positive"):
         mesh_inside_integrals(channels, affine, tri, P, H, W, step_mm=0.0, depth_range_mm=10.0)
+
+
+def test_unpadded_sampling_equals_sampling_the_padded_copy():
+    # mesh_inside_integrals gathers from the unpadded volume; the field must be ops.project's
+    # (trilinear over the zero-padded volume), including the ramp to zero outside it. Both are the
+    # same eight products of the same numbers: equal to the last bit.
+    from jaxdrr.ops import trilinear
+    from jaxdrr.ops.march import pad_channels_last
+
+    rng = np.random.default_rng(0)
+    volume = jnp.asarray(rng.normal(size=(3, 5, 6, 7)), jnp.float32)
+    positions = jnp.asarray(rng.uniform(-1.5, 9.5, size=(4000, 3)), jnp.float32)
+    expected = trilinear.sample(pad_channels_last(volume), (7, 8, 9), positions)
+    np.testing.assert_array_equal(trilinear.sample_unpadded(volume, positions), expected)

@@ -75,5 +75,7 @@ def test_tools_notebook_runs(tmp_path):
     assert "final: tip" in run_notebook("04_tools.ipynb", tmp_path)
 
 
-def test_real_fluoroscopy_notebook_runs(tmp_path):
+def test_real_fluoroscopy_notebook_runs(tmp_path, monkeypatch):
+    # The notebook reads data/ of the clone; CI installs jaxdrr into site-packages, so say where the clone is.
+    monkeypatch.setenv("JAXDRR_REPO", str(ROOT))
     assert "similarity checks passed" in run_notebook("05_real_fluoroscopy.ipynb", tmp_path)

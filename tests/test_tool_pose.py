@@ -123,6 +123,29 @@ def test_recovers_kwire_pose_from_3mm_3deg_offset(setup):
     assert tool_pose_errors(result.pose, truth, TIP, BASE)["axis_deg"] < 1.0
 
 
+def test_axial_scan_finds_a_wire_slid_along_its_axis(setup):
+    # The truth slid 3.2 mm along the wire (off the 0.5 mm scan grid by 0.2 mm), one Adam step at a
+    # negligible rate: only the scan can bring the tip back; on a noise-free target its minimum is the
+    # grid point nearest the truth, 0.2 mm away.
+    truth = setup["truth"]
+    axis = np.array(truth.apply(np.asarray(TIP)) - truth.apply(np.asarray(BASE)))
+    axis /= np.linalg.norm(axis)
+    start = RigidTransform(
+        truth.rotation, truth.translation + jnp.asarray(3.2 * axis, jnp.float32), truth.pivot
+    )
+    common = dict(iterations=1, blur_sigmas_px=(0.0,), learning_rate_mm=1e-6, learning_rate_deg=1e-6)
+    args = (setup["render"], setup["params"], setup["scene"], "kwire", setup["P"], setup["target"], start)
+    without = register_tool(*args, **common)
+    assert tool_pose_errors(without.pose, truth, TIP, BASE)["tip_mm"] == pytest.approx(3.2, abs=0.01)
+    result = register_tool(*args, axial_search_mm=5.0, **common)
+    assert tool_pose_errors(result.pose, truth, TIP, BASE)["tip_mm"] == pytest.approx(0.2, abs=0.01)
+    assert result.losses.shape == (2,) and result.translations.shape == (3, 3)
+    assert list(result.stages) == [0, 0]
+    np.testing.assert_allclose(result.pose_at(-1).translation, result.pose.translation)
+    with pytest.raises(JaxdrrError, match="axial_search_mm must be"):
+        register_tool(*args, axial_search_mm=-1.0, **common)
+
+
 def test_repivot_keeps_the_map_and_errors_split_exactly():
     pose = RigidTransform.create([0.3, -0.2, 0.5], [4.0, 1.0, -2.0], pivot=(0.0, 0.0, 0.0))
     moved = repivot(pose, TIP)

@@ -33,7 +33,7 @@ jaxdrr register --view frames/xr_rad_uln_cam01_UND.0002.tif:Calibration/xr_calib
     ),
     (
         "code",
-        """import pathlib, time
+        """import os, pathlib, time
 import numpy as np
 import matplotlib.pyplot as plt
 from scipy import ndimage
@@ -48,7 +48,19 @@ import jaxdrr
 from jaxdrr.geometry import rescale_detector
 from jaxdrr.registration import downsample_image
 
-DATA = pathlib.Path(jaxdrr.__file__).resolve().parents[1] / "data" / "autoscoper_wrist"   # the repository's copy
+def repository_root() -> pathlib.Path:
+    # The jaxdrr clone that holds the wrist data: $JAXDRR_REPO, else the working folder or one above it.
+    here = pathlib.Path.cwd().resolve()
+    env = os.environ.get("JAXDRR_REPO")
+    for folder in ([pathlib.Path(env)] if env else []) + [here, *here.parents]:
+        if (folder / "data" / "autoscoper_wrist").is_dir():
+            return folder
+    raise FileNotFoundError("data/autoscoper_wrist not found: run this notebook inside a jaxdrr clone "
+                            "(e.g. from notebooks/), or set JAXDRR_REPO to the clone")
+
+
+REPO = repository_root()
+DATA = REPO / "data" / "autoscoper_wrist"   # the repository's copy (frame 0002 only)
 VOXEL_MM = (0.39625, 0.39625, 0.625)   # the wrist sample's CT voxel size (Autoscoper's configuration)
 
 views, frames = [], []
@@ -95,7 +107,7 @@ t0 = time.perf_counter()
 axis = limb_axis_3d(small, Ps_small)
 candidates = {b: initialize_bone(vol, small, Ps_small, name=b, axis=axis) for b, vol in volumes.items()}
 print(f"automatic search: {time.perf_counter() - t0:.1f} s")
-manual = load_initial_poses(pathlib.Path(jaxdrr.__file__).resolve().parents[1] / "tests" / "data" / "wrist_0002_seed.json")
+manual = load_initial_poses(REPO / "tests" / "data" / "wrist_0002_seed.json")
 rng = np.random.default_rng(2)
 seeds = {b: perturb_tool_pose(manual[b], 5.0, 5.0, rng) for b in volumes}   # a rough hand placement
 for b, cands in candidates.items():

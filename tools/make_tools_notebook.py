@@ -129,7 +129,9 @@ The CT and the C-arm are known (after the patient's registration); the wire's 6-
 frame's noisy AP and lateral images are the target. Starting 5 mm and 5° away (random directions), Adam
 minimises the mean squared difference between noise-free renders and the target, coarse to fine (both
 images blurred by 3, then 1.5 px, then not at all). The pose turns about the wire's tip, so the translation is
-the tip's displacement.
+the tip's displacement. Only the tip shows where the wire is along its own axis, so the gradient there is weak
+and Adam drifts; a last step scans the wire along its axis (+-10 mm, 0.5 mm steps) and keeps the best fit
+(`axial_search_mm`).
 
 **Why two views:** one view fixes the wire well across the image but only weakly along the viewing
 direction (a shift towards the source changes the image only through magnification and perspective); the
@@ -144,8 +146,8 @@ target = jnp.stack([images[len(depths) - 1], images[-1]])       # noisy AP and l
 views = jnp.stack([AP, LATERAL])
 start = perturb_tool_pose(truth, 5.0, 5.0, np.random.default_rng(0))
 clean = make_scene_renderer(config.replace(noise=None))       # the model: the same physics without noise
-result = register_tool(clean, params, scene, "kwire", views, target, start,
-                       iterations=(20, 15, 15), blur_sigmas_px=(3.0, 1.5, 0.0))
+result = register_tool(clean, params, scene, "kwire", views, target, start, iterations=(30, 20, 20),
+                       blur_sigmas_px=(3.0, 1.5, 0.0), axial_search_mm=10.0)
 errors = [tool_pose_errors(result.pose_at(i), truth, TIP, BASE, AP) for i in range(len(result.losses) + 1)]
 for label, e in (("start", errors[0]), ("final", errors[-1])):
     print(f"{label}: tip {e['tip_mm']:.2f} mm (AP in-plane {e['tip_in_plane_mm']:.2f}, depth {e['tip_depth_mm']:.2f}),"

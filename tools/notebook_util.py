@@ -5,6 +5,7 @@ sees results and not only code; ``tests/test_notebooks.py`` executes them again 
 stored cells are the generators' cells.
 """
 
+import os
 import pathlib
 import tempfile
 
@@ -31,7 +32,9 @@ def execute_notebook(nb: nbf.NotebookNode) -> nbf.NotebookNode:
     """Executes ``nb`` in place, in a temporary working directory (whatever it writes is discarded).
 
     Cell timing metadata is not recorded: it changes on every run and tells a reader nothing.
+    JAXDRR_REPO tells a notebook that reads the repository's data (05) where the clone is.
     """
+    os.environ.setdefault("JAXDRR_REPO", str(NOTEBOOKS.parent))
     with tempfile.TemporaryDirectory() as workdir:
         client = NotebookClient(
             nb,

@@ -67,8 +67,15 @@ constant. ``jax.jvp`` / ``jacfwd`` are not available (custom VJP).
 **Cost** (2-core CPU, loaded machine, CPU seconds, path lengths): a 2,048 + 96 triangle screw and
 K-wire on a 512 x 512 detector ~0.1 s; a 100,000-triangle torus covering ~300 tiles ~0.25 s (1.7 s
 before the window pass). A tile x triangle ray test costs ~20 ns; long thin triangles crossing many
-tiles are the expensive case. The inside integrals use the tile pass for every triangle (each ray
-needs all its hits to bound its sample grid).
+tiles are the expensive case.
+
+The inside integrals loop over *ray chunks* instead of tiles: the pixels of nonzero path length
+(one path-length pass), ``RAY_CHUNK`` at a time in raster order, each chunk tested against the
+triangles that may meet its pixel box (every triangle, small or not: each ray needs all its hits).
+Volume samples are taken only along rays that cross the mesh. Measured (``benchmarks/bench_tools.py
+--pelvis``, quiet 2-core CPU): screw (1,760 triangles, sphere range, 41 samples) ~40 ms, K-wire
+(96 triangles, hit range, 48 samples) ~28 ms, from ~75 ms and ~220 ms with the tile loop (a wire's
+box spans hundreds of mostly empty tiles) and a padded copy of the volume per object.
 """
 
 from __future__ import annotations
@@ -91,10 +98,10 @@ from jaxdrr.geometry.projection import (
     source_position,
 )
 from jaxdrr.ops import trilinear
-from jaxdrr.ops.march import pad_channels_last
 from jaxdrr.ops.rays import VolumeGrid
 
 TRIANGLE_CHUNK = 64  # triangles tested against a tile's rays per loop step
+RAY_CHUNK = 256  # rays per loop step of the inside integrals (the pixels that see the mesh, in order)
 SMALL_WINDOW = 4  # a triangle whose pixel centres fit in 4 x 4 is tested against those 16 pixels only
 SMALL_MARGIN = 0.05  # px: far above the rounding of projected corners (~1e-4 px in float32)
 SMALL_CHUNK = 1024  # triangles per step of the window pass
@@ -268,32 +275,36 @@ def _schedule(triangles, P, height, width, tile, cull, split_small=False) -> _Sc
     return _Schedule(tiles, jnp.sum(covered).astype(jnp.int32), ranges, projected, orientation, small, window)
 
 
-def _tile_triangles(schedule: _Schedule, t, ntx, tile, chunk):
-    """Indices of the triangles whose box overlaps tile ``t`` (padded to a multiple of chunk), count."""
-    ty, tx = t // ntx, t % ntx
+def _box_triangles(schedule: _Schedule, tiles, box, chunk):
+    """Indices of the triangles that may meet the pixel box (padded to a multiple of chunk), count.
+
+    ``tiles`` = (tx_lo, tx_hi, ty_lo, ty_hi): the box's span in the schedule's tiles (the triangles'
+    box test); ``box`` = (x0, y0, x1, y1): its corners in pixel coordinates, grown by a margin.
+    """
+    tx_lo, tx_hi, ty_lo, ty_hi = tiles
     tx0, tx1, ty0, ty1 = schedule.ranges
-    overlap = (tx0 <= tx) & (tx <= tx1) & (ty0 <= ty) & (ty <= ty1)
-    # Separating edge: all four corners of the tile (grown by a 1 px margin) outside one edge of
-    # the projected triangle. With the box test above this is the exact 2-D separating-axis test.
+    overlap = (tx0 <= tx_hi) & (tx_lo <= tx1) & (ty0 <= ty_hi) & (ty_lo <= ty1)
+    # Separating edge: all four corners of the box outside one edge of the projected triangle.
+    # With the box test above this is the exact 2-D separating-axis test.
     dtype = schedule.corners.dtype
-    x0, y0 = (tx * tile).astype(dtype) - 1.0, (ty * tile).astype(dtype) - 1.0
-    box = jnp.stack(
-        [
-            jnp.stack([x0, y0]),
-            jnp.stack([x0 + tile + 1, y0]),
-            jnp.stack([x0, y0 + tile + 1]),
-            jnp.stack([x0 + tile + 1, y0 + tile + 1]),
-        ]
-    )
+    x0, y0, x1, y1 = (jnp.asarray(c, dtype) for c in box)
+    corners = jnp.stack([jnp.stack([x0, y0]), jnp.stack([x1, y0]), jnp.stack([x0, y1]), jnp.stack([x1, y1])])
     start = schedule.corners  # [F, 3, 2]
     edge = jnp.roll(start, -1, axis=1) - start
-    rel = box[None, None, :, :] - start[:, :, None, :]  # [F, 3 edges, 4 corners, 2]
+    rel = corners[None, None, :, :] - start[:, :, None, :]  # [F, 3 edges, 4 corners, 2]
     side = edge[:, :, None, 0] * rel[..., 1] - edge[:, :, None, 1] * rel[..., 0]
     outside = jnp.all(side * schedule.orientation[:, None, None] < 0, axis=2)  # [F, 3]
     overlap = overlap & ~jnp.any(outside, axis=1)
     padded = -(-overlap.shape[0] // chunk) * chunk
     idx = jnp.nonzero(overlap, size=padded, fill_value=0)[0].astype(jnp.int32)
     return idx, jnp.sum(overlap).astype(jnp.int32)
+
+
+def _tile_triangles(schedule: _Schedule, t, ntx, tile, chunk):
+    """Indices of the triangles whose box overlaps tile ``t`` (padded to a multiple of chunk), count."""
+    ty, tx = t // ntx, t % ntx
+    x0, y0 = tx * tile - 1, ty * tile - 1  # the tile grown by a 1 px margin
+    return _box_triangles(schedule, (tx, tx, ty, ty), (x0, y0, x0 + tile + 1, y0 + tile + 1), chunk)
 
 
 def _tile_points(t, ntx, tile, dtype):
@@ -556,6 +567,7 @@ def mesh_path_lengths(
 class _Volume(NamedTuple):
     grid: VolumeGrid
     num_samples: int
+    sphere: bool  # sample over the ray's chord of the mesh's bounding sphere (no depth pass)
 
 
 def _chunk_depths(triangles, valid, P, ref, points):
@@ -580,7 +592,31 @@ def _tile_depth_range(triangles, P, ref, points, idx, count, chunk):
     return jnp.where(hit, near, 0.0), jnp.where(hit, far, 0.0)
 
 
-def _samples(flat, P, ref, points, near, far, volume: _Volume):
+def _sphere_depth_range(triangles, P, ref, points):
+    """(near, far) relative depths (mm) of each ray's chord of a sphere that holds the mesh.
+
+    The sphere: centre the mean corner, radius the farthest corner (grown by a rounding margin).
+    Differentiable like the hit-defined range: the sample grid moves with the mesh.
+    """
+    corners = triangles.reshape(-1, 3)
+    centre = jnp.mean(corners, axis=0)
+    radius = jnp.sqrt(jnp.max(jnp.sum((corners - centre) ** 2, axis=-1)))
+    directions = ray_directions(P, points)
+    to_centre = centre - source_position(P)
+    along = directions @ to_centre  # [R] mm from the source to the closest approach
+    miss2 = jnp.sum(to_centre**2) - along**2
+    half = jnp.sqrt(jnp.maximum(radius**2 - miss2, 0.0) + 1e-6) * (1.0 + 1e-4)  # rounding margin
+    origin = _reference_depth(P, ref) * _ray_scale(P, points)  # mm where relative depth is 0
+    return along - half - origin, along + half - origin
+
+
+def _depth_range(triangles, P, ref, points, tri_idx, tri_count, chunk, volume: _Volume):
+    if volume.sphere:
+        return _sphere_depth_range(triangles, P, ref, points)
+    return _tile_depth_range(triangles, P, ref, points, tri_idx, tri_count, chunk)
+
+
+def _samples(channels, P, ref, points, near, far, volume: _Volume):
     """Field samples [R, n, C] on n equal steps from ``near`` to ``far`` (relative mm) per ray."""
     n = volume.num_samples
     spacing = (far - near) / (n - 1)
@@ -591,8 +627,9 @@ def _samples(flat, P, ref, points, near, far, volume: _Volume):
     world = source_position(P)[None, None, :] + t[..., None] * directions[:, None, :]
     to_index = jnp.asarray(volume.grid.world_to_padded_index(), P.dtype)
     positions = world @ to_index[:3, :3].T + to_index[:3, 3]
-    values = trilinear.sample(flat, volume.grid.padded_shape, positions.reshape(-1, 3))
-    return values.reshape(points.shape[0], n, flat.shape[-1])
+    # A tool reaches a small part of the volume: gather from it unpadded (padding costs a full copy).
+    values = trilinear.sample_unpadded(channels, positions.reshape(-1, 3))
+    return values.reshape(points.shape[0], n, channels.shape[0])
 
 
 def _chunk_inside(triangles, valid, P, ref, points, samples, near, far):
@@ -622,96 +659,144 @@ def _chunk_inside(triangles, valid, P, ref, points, samples, near, far):
     return jnp.sum(weight[..., None] * value, axis=1)
 
 
-def _inside_forward(flat, triangles, P, height, width, tile, cull, volume):
+def _hit_rays(triangles, P, height, width, tile, cull):
+    """Flat indices of the pixels whose ray crosses the mesh (padded to RAY_CHUNK), and their count.
+
+    The path-length image (cheap: small triangles go through the window pass) says exactly which
+    rays cross the mesh; a ray of zero path length has an inside integral of zero (its hits pair at
+    equal depths). The inside integrals then sample the volume along these rays only: a long,
+    oblique wire covers few pixels of the many tiles its box spans.
+    """
+    n = height * width
+    padded = -(-n // RAY_CHUNK) * RAY_CHUNK
+    if not cull:
+        return jnp.arange(padded, dtype=jnp.int32) % n, jnp.int32(n)
+    triangles, P = jax.lax.stop_gradient(triangles), jax.lax.stop_gradient(P)
+    mask = (_paths_forward(triangles, P, height, width, tile, cull) != 0).reshape(-1)
+    idx = jnp.nonzero(mask, size=padded, fill_value=0)[0].astype(jnp.int32)
+    return idx, jnp.sum(mask).astype(jnp.int32)
+
+
+def _ray_chunk(schedule: _Schedule, idx, count, j, width, tile, chunk, dtype):
+    """Chunk ``j`` of the hit rays: pixel indices, validity, image points and candidate triangles."""
+    ids = jax.lax.dynamic_slice(idx, (j * RAY_CHUNK,), (RAY_CHUNK,))
+    valid = j * RAY_CHUNK + jnp.arange(RAY_CHUNK) < count
+    px, py = ids % width, ids // width
+    points = pixel_grid(1, 1, dtype)[0, 0] + jnp.stack([px, py, jnp.zeros_like(px)], -1).astype(dtype)
+    # The chunk's pixel box (valid rays only; consecutive hit pixels in raster order are close).
+    big = jnp.iinfo(jnp.int32).max
+    x_lo, x_hi = jnp.min(jnp.where(valid, px, big)), jnp.max(jnp.where(valid, px, -1))
+    y_lo, y_hi = jnp.min(jnp.where(valid, py, big)), jnp.max(jnp.where(valid, py, -1))
+    tiles = (x_lo // tile, x_hi // tile, y_lo // tile, y_hi // tile)
+    tri_idx, tri_count = _box_triangles(schedule, tiles, (x_lo - 1, y_lo - 1, x_hi + 1, y_hi + 1), chunk)
+    return ids, valid, points, tri_idx, tri_count
+
+
+def _over_ray_chunks(count, body, init):
+    """carry = body(carry, j) for each chunk j of the ``count`` hit rays."""
+
+    def step(state):
+        j, carry = state
+        return j + 1, body(carry, j)
+
+    _, carry = jax.lax.while_loop(lambda s: s[0] * RAY_CHUNK < count, step, (jnp.int32(0), init))
+    return carry
+
+
+def _inside_forward(channels, triangles, P, height, width, tile, cull, volume):
     schedule = _schedule(triangles, P, height, width, tile, cull)
-    nty, ntx = _tile_counts(height, width, tile)
+    idx, count = _hit_rays(triangles, P, height, width, tile, cull)
     ref = _reference_point(triangles)
     chunk = min(TRIANGLE_CHUNK, triangles.shape[0])
-    channels = flat.shape[-1]
 
-    def per_tile(out, t):
-        points = _tile_points(t, ntx, tile, P.dtype)
-        idx, count = _tile_triangles(schedule, t, ntx, tile, chunk)
-        zero = jnp.zeros((tile * tile, channels), P.dtype)
+    def per_ray_chunk(out, j):
+        ids, valid, points, tri_idx, tri_count = _ray_chunk(
+            schedule, idx, count, j, width, tile, chunk, P.dtype
+        )
+        near, far = _depth_range(triangles, P, ref, points, tri_idx, tri_count, chunk, volume)
+        samples = _samples(channels, P, ref, points, near, far, volume)
 
-        def work(_):
-            near, far = _tile_depth_range(triangles, P, ref, points, idx, count, chunk)
-            samples = _samples(flat, P, ref, points, near, far, volume)
+        def per_chunk(acc, tri_ids, tri_valid):
+            return acc + _chunk_inside(triangles[tri_ids], tri_valid, P, ref, points, samples, near, far)
 
-            def per_chunk(acc, ids, valid):
-                return acc + _chunk_inside(triangles[ids], valid, P, ref, points, samples, near, far)
+        acc = _over_chunks(
+            tri_idx, tri_count, chunk, per_chunk, jnp.zeros((RAY_CHUNK, channels.shape[0]), P.dtype)
+        )
+        return out.at[ids].add(jnp.where(valid[:, None], acc, 0.0))
 
-            return _over_chunks(idx, count, chunk, per_chunk, zero)
-
-        # The visited tiles are the union of the triangles' boxes; most tiles in the box of a long,
-        # oblique wire meet none of its triangles: skip their volume samples.
-        acc = jax.lax.cond(count > 0, work, lambda _: zero, None)
-        return out.at[t].set(acc)
-
-    out = _over_tiles(schedule, per_tile, jnp.zeros((nty * ntx, tile * tile, channels), P.dtype))
-    return _untile(out, height, width, tile)
+    out = _over_ray_chunks(count, per_ray_chunk, jnp.zeros((height * width, channels.shape[0]), P.dtype))
+    return out.reshape(height, width, channels.shape[0])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _inside(flat, triangles, P, height, width, tile, cull, volume):
-    return _inside_forward(flat, triangles, P, height, width, tile, cull, volume)
+def _inside(channels, triangles, P, height, width, tile, cull, volume):
+    return _inside_forward(channels, triangles, P, height, width, tile, cull, volume)
 
 
-def _inside_fwd(flat, triangles, P, height, width, tile, cull, volume):
-    out = _inside_forward(flat, triangles, P, height, width, tile, cull, volume)
-    return out, (flat, triangles, P)
+def _inside_fwd(channels, triangles, P, height, width, tile, cull, volume):
+    out = _inside_forward(channels, triangles, P, height, width, tile, cull, volume)
+    return out, (channels, triangles, P)
 
 
 def _inside_bwd(height, width, tile, cull, volume, residuals, g):
-    flat, triangles, P = residuals
+    channels, triangles, P = residuals
     schedule = _schedule(triangles, P, height, width, tile, cull)
-    _, ntx = _tile_counts(height, width, tile)
+    idx, count = _hit_rays(triangles, P, height, width, tile, cull)
     ref = _reference_point(triangles)
     chunk = min(TRIANGLE_CHUNK, triangles.shape[0])
-    g_tiles = _tile(g, tile)
+    g_flat = g.reshape(height * width, -1)
 
-    def per_tile(grads, t):
-        points = _tile_points(t, ntx, tile, P.dtype)
-        idx, count = _tile_triangles(schedule, t, ntx, tile, chunk)
-        return jax.lax.cond(count > 0, lambda g: tile_grads(g, t, points, idx, count), lambda g: g, grads)
-
-    def tile_grads(grads, t, points, idx, count):
-        g_flat, g_tri, g_P = grads
-        near, far = _tile_depth_range(triangles, P, ref, points, idx, count, chunk)
-        samples, samples_vjp = jax.vjp(
-            lambda f, P_, a, b: _samples(f, P_, ref, points, a, b, volume), flat, P, near, far
+    def per_ray_chunk(grads, j):
+        g_channels, g_tri, g_P = grads
+        ids, valid, points, tri_idx, tri_count = _ray_chunk(
+            schedule, idx, count, j, width, tile, chunk, P.dtype
         )
-        cotangent = g_tiles[t]
+        if volume.sphere:
+            (near, far), range_vjp = jax.vjp(
+                lambda tri, P_: _sphere_depth_range(tri, P_, ref, points), triangles, P
+            )
+        else:
+            near, far = _tile_depth_range(triangles, P, ref, points, tri_idx, tri_count, chunk)
+        samples, samples_vjp = jax.vjp(
+            lambda f, P_, a, b: _samples(f, P_, ref, points, a, b, volume), channels, P, near, far
+        )
+        cotangent = jnp.where(valid[:, None], g_flat[ids], 0.0)
 
-        def per_chunk(state, ids, valid):
+        def per_chunk(state, tri_ids, tri_valid):
             g_tri, g_P, g_samples, g_near, g_far = state
             _, vjp = jax.vjp(
-                lambda tri, P_, s, a, b: _chunk_inside(tri, valid, P_, ref, points, s, a, b),
-                triangles[ids],
+                lambda tri, P_, s, a, b: _chunk_inside(tri, tri_valid, P_, ref, points, s, a, b),
+                triangles[tri_ids],
                 P,
                 samples,
                 near,
                 far,
             )
             d_tri, d_P, d_samples, d_near, d_far = vjp(cotangent)
-            d_tri = d_tri * valid[:, None, None].astype(d_tri.dtype)
-            return g_tri.at[ids].add(d_tri), g_P + d_P, g_samples + d_samples, g_near + d_near, g_far + d_far
+            d_tri = d_tri * tri_valid[:, None, None].astype(d_tri.dtype)
+            return (
+                g_tri.at[tri_ids].add(d_tri),
+                g_P + d_P,
+                g_samples + d_samples,
+                g_near + d_near,
+                g_far + d_far,
+            )
 
         zeros = jnp.zeros_like(near)
         state = (g_tri, g_P, jnp.zeros_like(samples), zeros, zeros)
-        g_tri, g_P, g_samples, g_near, g_far = _over_chunks(idx, count, chunk, per_chunk, state)
-        d_flat, d_P, d_near, d_far = samples_vjp(g_samples)
+        g_tri, g_P, g_samples, g_near, g_far = _over_chunks(tri_idx, tri_count, chunk, per_chunk, state)
+        d_channels, d_P, d_near, d_far = samples_vjp(g_samples)
         g_near, g_far = g_near + d_near, g_far + d_far
 
         # The sample grid runs from the first to the last hit: send the cotangents of its ends to
         # the hits that define them (the same arithmetic as pass 1).
-        def ends_chunk(state, ids, valid):
+        def ends_chunk(state, tri_ids, tri_valid):
             g_tri, g_P = state
 
             def ends(tri, P_):
                 hit, _, depth_rel = _hits(tri, P_, ref, points)
                 t_rel = depth_rel * _ray_scale(P_, points)[:, None]
-                hit = jax.lax.stop_gradient(hit & valid[None, :])
+                hit = jax.lax.stop_gradient(hit & tri_valid[None, :])
                 fixed = jax.lax.stop_gradient(t_rel)
                 # Recomputed in another program, the depths may differ from pass 1 by a few ulps
                 # (XLA fuses differently across jax versions): match within 64 eps.
@@ -720,16 +805,20 @@ def _inside_bwd(height, width, tile, cull, volume, residuals, g):
                 last = hit & (jnp.abs(fixed - far[:, None]) <= 64 * eps * (jnp.abs(far[:, None]) + 1.0))
                 return jnp.sum(jnp.where(first, t_rel, 0.0), 1), jnp.sum(jnp.where(last, t_rel, 0.0), 1)
 
-            _, vjp = jax.vjp(ends, triangles[ids], P)
+            _, vjp = jax.vjp(ends, triangles[tri_ids], P)
             d_tri, d_P = vjp((g_near, g_far))
-            d_tri = d_tri * valid[:, None, None].astype(d_tri.dtype)
-            return g_tri.at[ids].add(d_tri), g_P + d_P
+            d_tri = d_tri * tri_valid[:, None, None].astype(d_tri.dtype)
+            return g_tri.at[tri_ids].add(d_tri), g_P + d_P
 
-        g_tri, g_P = _over_chunks(idx, count, chunk, ends_chunk, (g_tri, g_P))
-        return g_flat + d_flat, g_tri, g_P + d_P
+        if volume.sphere:
+            d_tri, d_P_range = range_vjp((g_near, g_far))
+            g_tri, g_P = g_tri + d_tri, g_P + d_P_range
+        else:
+            g_tri, g_P = _over_chunks(tri_idx, tri_count, chunk, ends_chunk, (g_tri, g_P))
+        return g_channels + d_channels, g_tri, g_P + d_P
 
-    init = (jnp.zeros_like(flat), jnp.zeros_like(triangles), jnp.zeros_like(P))
-    return _over_tiles(schedule, per_tile, init)
+    init = (jnp.zeros_like(channels), jnp.zeros_like(triangles), jnp.zeros_like(P))
+    return _over_ray_chunks(count, per_ray_chunk, init)
 
 
 _inside.defvjp(_inside_fwd, _inside_bwd)
@@ -746,6 +835,7 @@ def mesh_inside_integrals(
     *,
     step_mm: float,
     depth_range_mm: float,
+    max_samples: int | None = None,
     tile: int = DEFAULT_TILE,
     max_tiles=None,
     cull: bool = True,
@@ -753,13 +843,18 @@ def mesh_inside_integrals(
     """Integral of each channel of a volume over the part of each pixel's ray inside a closed mesh.
 
     For a closed mesh, ``integral over the inside = sum_i sign_i F(t_i)`` over the ray's hits, ``F``
-    any antiderivative along the ray (constants cancel because ``sum_i sign_i = 0``). Each ray is
-    sampled at ``n = ceil(depth_range_mm / step_mm) + 1`` equally spaced points from its first to
-    its last hit, ``F`` accumulated by the trapezoid rule and evaluated at every hit with the
-    field linear between samples: exact for a field that is linear along the ray, otherwise
-    O(step^2). If a chord exceeds ``depth_range_mm`` the steps stretch (coverage is never lost;
-    accuracy degrades). The field is the trilinear interpolation of the zero-padded volume, zero
-    outside it, as :func:`jaxdrr.ops.project` (same helpers, :mod:`jaxdrr.ops.trilinear`).
+    any antiderivative along the ray (constants cancel because ``sum_i sign_i = 0``). Only the rays
+    that cross the mesh are sampled (those of nonzero :func:`mesh_path_lengths`), at ``n``
+    equally spaced points; ``F`` is accumulated by the trapezoid rule and evaluated at every hit
+    with the field linear between samples: exact for a field that is linear along the ray,
+    otherwise O(step^2). With ``n = ceil(depth_range_mm / step_mm) + 1`` within ``max_samples``,
+    the samples span the ray's chord of a sphere holding the mesh (no pass over the triangles to
+    find the range); otherwise ``n = max_samples`` samples span the ray's first to last hit (a
+    thin, long tool: most chords are short), the steps stretching on chords longer than
+    ``(n - 1) x step_mm``. Coverage is never lost; accuracy degrades gracefully. The field is the
+    trilinear interpolation of the zero-padded volume, zero outside it, as
+    :func:`jaxdrr.ops.project` (same helpers, :mod:`jaxdrr.ops.trilinear`), gathered from the
+    unpadded volume (no copy of it is made).
 
     Args:
       channels: [C, I, J, K] float volume (e.g. material densities); may be traced.
@@ -771,6 +866,9 @@ def mesh_inside_integrals(
       step_mm: largest sample spacing along a ray (mm, static).
       depth_range_mm: static bound on the mesh's extent along any ray (e.g. 2 x
         ``TriangleMesh.bounding_radius``).
+      max_samples: static cap on ``n`` (None: no cap, the sphere's chord at ``step_mm``). Most
+        rays cross a thin tool over a few mm (a K-wire's diameter), far less than its length: a
+        cap of a few tens keeps the cost proportional to the covered pixels.
       tile: culling tile size (pixels).
       max_tiles: accepted for compatibility; no effect (see :func:`mesh_path_lengths`).
       cull: ``False`` evaluates every ray against every triangle.
@@ -778,8 +876,8 @@ def mesh_inside_integrals(
     Returns:
       [height, width, C] in channel units x mm (as ``ops.project``). Differentiable w.r.t.
       ``channels``, ``triangles`` and ``P``: the gradient of the computed (discrete) result, the
-      sample grid's ends moving with the hits that define them (as ``ops.project`` anchors its
-      grid). A source inside the mesh is unsupported.
+      sample grid's ends moving with the hits or the sphere that define them (as ``ops.project``
+      anchors its grid). A source inside the mesh is unsupported.
 
     Raises:
       VolumeError, MeshError, GeometryError: bad volume, mesh, geometry or step sizes.
@@ -797,9 +895,17 @@ def mesh_inside_integrals(
     triangles, P, height, width, tile = _check_inputs(
         triangles, P, height, width, tile, max_tiles, extra_dtype=channels.dtype
     )
-    flat = pad_channels_last(channels.astype(P.dtype))
-    volume = _Volume(grid, max(2, math.ceil(depth / step) + 1))
-    return _inside_jit(flat, triangles, P, height, width, tile, bool(cull), volume)
+    num_samples = max(2, math.ceil(depth / step) + 1)
+    if max_samples is not None:
+        if not isinstance(max_samples, (int, np.integer)) or isinstance(max_samples, bool) or max_samples < 2:
+            raise GeometryError(f"max_samples must be None or an int >= 2, got {max_samples!r}")
+    if max_samples is None or num_samples <= max_samples:
+        # Compact mesh: sampling the whole chord of its bounding sphere (diameter depth_range_mm)
+        # at step_mm costs no pass over the triangles to find each ray's first and last hit.
+        volume = _Volume(grid, num_samples, True)
+    else:
+        volume = _Volume(grid, int(max_samples), False)
+    return _inside_jit(channels.astype(P.dtype), triangles, P, height, width, tile, bool(cull), volume)
 
 
 __all__ = ["mesh_path_lengths", "mesh_inside_integrals", "TRIANGLE_CHUNK", "DEFAULT_TILE"]

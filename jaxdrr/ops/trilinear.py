@@ -95,6 +95,37 @@ def sample(flat, padded_shape, positions):
     return interpolate(corners, frac) * inside[:, None].astype(frac.dtype)
 
 
+def sample_unpadded(volume, positions):
+    """:func:`sample` of the zero-padded copy of ``volume`` [C, I, J, K], without building the copy.
+
+    ``positions`` [R, 3] are padded index coordinates, as for :func:`sample`. Padding a clinical
+    volume reads and writes all of it (about 50 ms for a 244x175x238x3 CT on two CPU cores); a
+    caller that samples a small part of the volume (the inside of a tool) gathers the corners from
+    the unpadded channels-first array instead, treating corners outside it as zero.
+
+    Returns:
+      [R, C] samples, equal to ``sample(pad_channels_last(volume), padded_shape, positions)``.
+    """
+    C, ni, nj, nk = volume.shape
+    base_shape = (ni + 2, nj + 2, nk + 2)
+    upper = jnp.asarray(base_shape, dtype=positions.dtype) - 1.0
+    inside = jnp.all((positions > 0.0) & (positions < upper), axis=-1)
+    p = jnp.clip(positions, 0.0, upper)
+    cell = jnp.clip(jnp.floor(p), 0.0, upper - 1.0)
+    frac = p - cell
+    # Unpadded index of each of the 8 corners (order 000..111): padded index - 1.
+    offsets = jnp.array([[di, dj, dk] for di in (0, 1) for dj in (0, 1) for dk in (0, 1)], jnp.int32)
+    corner = cell.astype(jnp.int32)[:, None, :] + offsets[None] - 1  # [R, 8, 3]
+    sizes = jnp.array([ni, nj, nk], jnp.int32)
+    valid = jnp.all((corner >= 0) & (corner < sizes), axis=-1)  # [R, 8]: outside = the zero padding
+    corner = jnp.clip(corner, 0, sizes - 1)
+    index = (corner[..., 0] * nj + corner[..., 1]) * nk + corner[..., 2]
+    values = volume.reshape(C, -1).at[:, index.reshape(-1)].get(mode="promise_in_bounds")  # [C, R*8]
+    values = values.reshape(C, -1, 8) * valid[None].astype(values.dtype)
+    corners = jnp.moveaxis(values, 0, -1).reshape(positions.shape[0], 2, 2, 2, C)
+    return interpolate(corners, frac) * inside[:, None].astype(frac.dtype)
+
+
 def sample_cotangent_gradient(flat, padded_shape, positions, cotangent):
     """Position gradient [R, 3] of ``sum_c cotangent[r, c] * sample[r, c]``, and scatter data.
 
