@@ -10,9 +10,11 @@ No ground-truth poses ship with the data, so the measures are ground-truth free:
    the result (the reference pose: a fixed point of the registration).
 2. **Repeatability.** ``--starts`` random starts, each bone independently turned by up to 10 deg
    (uniform angle and axis) and moved by up to 10 mm (uniform in a ball) from the reference, each
-   registered jointly. Spread = each converged pose's displacement of the bone's voxels (mean over
-   the bone, "target registration spread") from the mean converged pose; rotation spread = angle
-   from the mean rotation. Target: <= 0.3 mm and <= 0.3 deg. Starts that end far off (> 2 mm) are
+   registered jointly. Converged = within 2 mm (mean voxel displacement) of the best optimum found
+   for that bone (the highest similarity among the reference and the runs; the reference is a fixed
+   point, not necessarily the best). Spread = each converged pose's displacement of the bone's voxels
+   (mean over the bone, "target registration spread") from the mean converged pose; rotation spread
+   = angle from the mean rotation. Target: <= 0.3 mm and <= 0.3 deg. Starts that end elsewhere are
    counted as failures and reported separately.
 3. **Speed.** The wall time of those registrations (compiled: the first start is excluded and
    reported apart). Target: <= 10 s for biplanar two-bone registration from 10 deg / 10 mm.
@@ -312,7 +314,15 @@ def main(argv=None) -> int:
         rep = {}
         for b in BONES:
             to_ref = [mv.pose_difference(run["result"].poses[b], poses[b], points[b]) for run in runs]
-            ok = [i for i, d in enumerate(to_ref) if d["mean_mm"] < 2.0]
+            # The anchor: the best optimum found for this bone (highest similarity over the views),
+            # among the reference and the runs. The reference is a fixed point of the registration
+            # from the seed, not necessarily the best optimum (the ulna's was ~5 mm from one that
+            # every random start found, with a higher similarity).
+            candidates = [ref] + [run["result"] for run in runs]
+            scores = [float(np.mean([c.similarity[v][b] for v in c.similarity])) for c in candidates]
+            anchor = candidates[int(np.argmax(scores))].poses[b]
+            to_anchor = [mv.pose_difference(run["result"].poses[b], anchor, points[b]) for run in runs]
+            ok = [i for i, d in enumerate(to_anchor) if d["mean_mm"] < 2.0]
             sp = spread([runs[i]["result"].poses[b] for i in ok], points[b]) if len(ok) > 1 else []
             start_d = [mv.pose_difference(run["start"][b], poses[b], points[b]) for run in runs]
             rep[b] = {
@@ -325,6 +335,12 @@ def main(argv=None) -> int:
                 "rms_spread_mm": float(np.sqrt(np.mean([s[0] ** 2 for s in sp]))) if sp else None,
                 "rms_spread_deg": float(np.sqrt(np.mean([s[1] ** 2 for s in sp]))) if sp else None,
                 "to_reference": to_ref,
+                "anchor": "reference"
+                if int(np.argmax(scores)) == 0
+                else f"start {int(np.argmax(scores)) - 1}",
+                "anchor_similarity": max(scores),
+                "reference_similarity": scores[0],
+                "to_anchor": to_anchor,
                 "start_offsets": start_d,
             }
         times = [run["time_s"] for run in runs]
@@ -335,7 +351,9 @@ def main(argv=None) -> int:
         report["repeatability"] = rep
         for b in BONES:
             print(
-                f"{b}: {rep[b]['n_converged_within_2mm']}/{len(runs)} within 2 mm; spread max "
+                f"{b}: {rep[b]['n_converged_within_2mm']}/{len(runs)} within 2 mm of the best optimum "
+                f"({rep[b]['anchor']}, similarity {rep[b]['anchor_similarity']:.4f}; reference "
+                f"{rep[b]['reference_similarity']:.4f}); spread max "
                 f"{rep[b]['max_spread_mm']} mm, {rep[b]['max_spread_deg']} deg"
             )
         print(f"median time {rep['median_time_s_excluding_first']} s (first {times[0]:.1f} s)")
