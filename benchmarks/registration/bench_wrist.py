@@ -254,6 +254,11 @@ def main(argv=None) -> int:
         help="first-level starts per random start (10 deg / 10 mm spread)",
     )
     p.add_argument("--skip", nargs="*", default=(), choices=("repeatability", "consistency", "realism"))
+    p.add_argument(
+        "--levels",
+        default=None,
+        help="coarse-to-fine levels FACTOR:ITERATIONS,... (default MultiViewConfig's, e.g. 16:40,8:30,4:25,2:15)",
+    )
     args = p.parse_args(argv)
 
     from jaxdrr.registration import multiview as mv
@@ -263,6 +268,10 @@ def main(argv=None) -> int:
         return 2
     config = mv.MultiViewConfig()
     n_starts = args.starts
+    if args.levels:
+        config = config.replace(
+            levels=tuple((int(f), int(n)) for f, n in (level.split(":") for level in args.levels.split(",")))
+        )
     if args.quick:
         config = config.replace(levels=((8, 15), (4, 10)))
         n_starts = min(n_starts, 3)
