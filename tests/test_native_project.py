@@ -338,36 +338,42 @@ sys.path.insert(0, {tests!r})
 from float_bounds import assert_gradients_close, assert_projection_close, conditioned_cotangent
 from projector_cases import case
 from jaxdrr.ops import project
-for name in ("miss", "aniso", "channels"):
-    for step in (None, "planes"):
-        vol, affine, P, H, W = case(name)
-        # Non-negative weights: a signed random cotangent over 6 channels can cancel the pose gradient
-        # below its own float32 bound, leaving nothing to test.
-        Wt = jnp.abs(jnp.asarray(conditioned_cotangent(vol, affine, P, H, W, step_mm=step, seed=11)))
-        proj = lambda v, P: project(v, affine, P, H, W, step_mm=step, backend="native")
-        loss = lambda v, P: jnp.sum(proj(v, P) * Wt)
-        what = f"{{name}} {{step}}"
-        assert_projection_close(proj(vol, P), vol, affine, P, H, W, step_mm=step, what=what)
-        gv, gp = jax.grad(loss, argnums=(0, 1))(vol, P)
-        assert_gradients_close(gv, gp, vol, affine, P, H, W, Wt, step_mm=step, what=what)
+for name, step in {cases!r}:
+    vol, affine, P, H, W = case(name)
+    # Non-negative weights: a signed random cotangent over 6 channels can cancel the pose gradient
+    # below its own float32 bound, leaving nothing to test.
+    Wt = jnp.abs(jnp.asarray(conditioned_cotangent(vol, affine, P, H, W, step_mm=step, seed=11)))
+    proj = lambda v, P: project(v, affine, P, H, W, step_mm=step, backend="native")
+    loss = lambda v, P: jnp.sum(proj(v, P) * Wt)
+    what = f"{{name}} {{step}}"
+    assert_projection_close(proj(vol, P), vol, affine, P, H, W, step_mm=step, what=what)
+    gv, gp = jax.grad(loss, argnums=(0, 1))(vol, P)
+    assert_gradients_close(gv, gp, vol, affine, P, H, W, Wt, step_mm=step, what=what)
 print("@@ok")
 """
 
 
 @pytest.mark.parametrize(
-    "env",
-    [{"JAXDRR_CPU_NO_AVX2": "1"}, {"JAXDRR_CPU_GATHER_CHANNELS": "1"}, {"JAXDRR_CPU_WIDE_INDEX": "1"}],
+    ("env", "cases"),
+    [
+        # The portable build compiles every kernel: one single- and one multi-channel case, both steps.
+        ({"JAXDRR_CPU_NO_AVX2": "1"}, (("aniso", None), ("channels", "planes"))),
+        # The gather form exists only for 2-4 channels.
+        ({"JAXDRR_CPU_GATHER_CHANNELS": "1"}, (("channels", None), ("channels", "planes"))),
+        ({"JAXDRR_CPU_WIDE_INDEX": "1"}, (("aniso", "planes"), ("channels", None))),
+    ],
     ids=["portable", "gather-channels", "wide-index"],
 )
-def test_kernel_variants_match_float64(env):
+def test_kernel_variants_match_float64(env, cases):
     """The kernel variants a process picks once at start-up: the portable build (no AVX2), the
     gather form of the 2-4 channel kernels and the 64-bit index kernels of huge volumes (forced
-    here on small ones). Each, in a subprocess, within the float32 bounds of the float64 result."""
+    here on small ones). Each, in a subprocess, within the float32 bounds of the float64 result,
+    on the cases that reach its code (every case costs float64 references in a fresh process)."""
     import subprocess
     import sys
     from pathlib import Path
 
-    code = "import jax\n" + _VARIANT_PROBE.format(tests=str(Path(__file__).resolve().parent))
+    code = "import jax\n" + _VARIANT_PROBE.format(tests=str(Path(__file__).resolve().parent), cases=cases)
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=600
     )

@@ -259,6 +259,12 @@ def main(argv=None) -> int:
         default=None,
         help="coarse-to-fine levels FACTOR:ITERATIONS,... (default MultiViewConfig's, e.g. 16:40,8:30,4:25,2:15)",
     )
+    p.add_argument(
+        "--roll-search-deg",
+        type=float,
+        default=None,
+        help="MultiViewConfig.roll_search_deg (default: the config's)",
+    )
     args = p.parse_args(argv)
 
     from jaxdrr.registration import multiview as mv
@@ -272,6 +278,8 @@ def main(argv=None) -> int:
         config = config.replace(
             levels=tuple((int(f), int(n)) for f, n in (level.split(":") for level in args.levels.split(",")))
         )
+    if args.roll_search_deg is not None:
+        config = config.replace(roll_search_deg=args.roll_search_deg)
     if args.quick:
         config = config.replace(levels=((8, 15), (4, 10)))
         n_starts = min(n_starts, 3)
@@ -293,6 +301,9 @@ def main(argv=None) -> int:
             "metric": config.metric,
             "lr": config.learning_rate,
             "multistart": args.multistart,
+            "roll_search_deg": config.roll_search_deg,
+            "roll_step_deg": config.roll_step_deg,
+            "roll_refine_iterations": config.roll_refine_iterations,
         },
     }
 

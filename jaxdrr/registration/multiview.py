@@ -62,6 +62,7 @@ import optax
 from jaxdrr.errors import GeometryError, JaxdrrError, VolumeError
 from jaxdrr.geometry.projection import check_projection_matrix, rescale_detector
 from jaxdrr.geometry.rigid import RigidTransform, object_projection
+from jaxdrr.geometry.rotations import so3_exp
 from jaxdrr.ops.project import project
 from jaxdrr.registration import metrics as metrics_lib
 from jaxdrr.registration.optimize import downsample_image, downsample_volume
@@ -168,6 +169,14 @@ class MultiViewConfig:
       patience, tol: a level stops after ``patience`` iterations without a loss improvement
         larger than ``tol``; the registration counts as converged when the last level did.
       backend: projector backend (:func:`jaxdrr.ops.project`).
+      roll_search_deg: after the last level, each bone is turned about its own long axis (the
+        principal axis of its attenuation, through its centroid) over ``+-roll_search_deg`` and
+        kept at the angle of its best similarity, then refined for ``roll_refine_iterations`` at
+        the last level (0: no search). Roll about the shaft of a long, nearly cylindrical bone
+        changes its projections least; gradient steps stop anywhere on that flat valley.
+      roll_step_deg: the search's grid step (a coarse pass at the level before the last, then a
+        pass at the last level at a fifth of the step around the coarse optimum).
+      roll_refine_iterations: last-level iterations after the search.
     """
 
     metric: str = "gncc"
@@ -190,6 +199,9 @@ class MultiViewConfig:
     patience: int = 8
     tol: float = 1e-5
     backend: str = "auto"
+    roll_search_deg: float = 0.0
+    roll_step_deg: float = 1.5
+    roll_refine_iterations: int = 10
 
     def __post_init__(self):
         if self.metric not in MULTIVIEW_METRICS:
@@ -221,6 +233,7 @@ class MultiViewConfig:
             "roi_margin_mm",
             "mask_margin_mm",
             "taper_mm",
+            "roll_search_deg",
         ):
             if not getattr(self, name) >= 0:
                 raise JaxdrrError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -230,6 +243,8 @@ class MultiViewConfig:
             raise JaxdrrError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
         if not self.smooth_px >= 0:
             raise JaxdrrError(f"smooth_px must be >= 0, got {self.smooth_px}")
+        if not self.roll_step_deg > 0 or self.roll_refine_iterations < 0:
+            raise JaxdrrError("roll_step_deg must be > 0 and roll_refine_iterations >= 0")
         if self.mask_update_every < 0 or self.patience < 1:
             raise JaxdrrError("mask_update_every must be >= 0 and patience >= 1")
 
@@ -638,6 +653,9 @@ class _Level:
     shapes: tuple
     margin_px: tuple
 
+    def inputs(self) -> tuple:
+        return self.datas, self.Ps, self.targets
+
 
 def _prepare_levels(views, vols, rois, config) -> list[_Level]:
     names = list(vols)
@@ -767,6 +785,53 @@ def _run_level(level, params, fns, config, record, start_index):
     if final < best:
         best, best_params = final, params
     return best_params, best, n_run, stopped, masks
+
+
+def _long_axis(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """Centroid (object mm) and unit principal axis (largest second moment) of a volume's values."""
+    data = np.asarray(volume.data, np.float64)
+    data = data.sum(axis=0) if data.ndim == 4 else data
+    idx = np.argwhere(data > 0.05 * data.max())
+    w = data[tuple(idx.T)]
+    pts = np.c_[idx, np.ones(len(idx))] @ np.asarray(volume.affine, np.float64)[:3].T
+    centroid = (w[:, None] * pts).sum(axis=0) / w.sum()
+    d = pts - centroid
+    _, vectors = np.linalg.eigh((w[:, None] * d).T @ d)
+    return centroid, vectors[:, -1]
+
+
+def _rolled(p, pivot, radius_mm, centroid, axis, angle) -> np.ndarray:
+    """Params ``p`` of a pose turned by ``angle`` (rad) about the object line (centroid, axis)."""
+    T = np.asarray(_to_pose(jnp.asarray(p, jnp.float32), pivot, radius_mm).matrix(), np.float64)
+    M = np.eye(4)
+    M[:3, :3] = np.asarray(so3_exp(np.asarray(axis, np.float64) * angle), np.float64)
+    M[:3, 3] = centroid - M[:3, :3] @ centroid
+    return np.asarray(_params_from_pose(RigidTransform.from_matrix(T @ M, pivot), radius_mm), np.float64)
+
+
+def _roll_search(passes, params, long_axes, pivots, config) -> jax.Array:
+    """Each bone turned about its long axis to its best similarity (mean over the views): a grid of
+    ``+-roll_search_deg`` at ``roll_step_deg``, then ``+-roll_step_deg`` at a fifth of it around the
+    best angle. ``passes``: ``(level, evaluate, masks)`` of the two grids (the coarse one may use a
+    coarser level: cheaper, and its pixels still resolve the search step). The other bones stay
+    put. Angle 0 is on both grids, so the pass never lowers the similarity it measures."""
+    params = np.asarray(params, np.float64)
+    step, half = math.radians(config.roll_step_deg), math.radians(config.roll_search_deg)
+    for b, (centroid, axis) in enumerate(long_axes):
+        base, best_angle = params[b].copy(), 0.0
+        for (level, evaluate, masks), span, st in zip(passes, (half, step), (step, step / 5.0), strict=True):
+            n = int(round(span / st))
+            angles = best_angle + st * np.arange(-n, n + 1)
+            losses = []
+            for angle in angles:
+                trial = params.copy()
+                trial[b] = _rolled(base, pivots[b], config.radius_mm, centroid, axis, angle)
+                sims = np.asarray(evaluate(jnp.asarray(trial, jnp.float32), *level.inputs(), masks)[1])
+                value = 1.0 - float(np.mean(sims[:, b]))
+                losses.append(value if np.isfinite(value) else np.inf)
+            best_angle = float(angles[int(np.argmin(losses))])
+        params[b] = _rolled(base, pivots[b], config.radius_mm, centroid, axis, best_angle)
+    return jnp.asarray(params, jnp.float32)
 
 
 def register_multiview(
@@ -900,6 +965,26 @@ def register_multiview(
         history.extend(dict(r, level=li) for r in buf)
 
     last = levels[-1]
+    if config.roll_search_deg > 0:
+        passes = []
+        for level in (last, last):
+            evaluate = fns_for(level)[2]
+            passes.append((level, evaluate, _level_masks(level, evaluate, params, config)))
+        long_axes = [_long_axis(vols[n]) for n in names]
+        params = _roll_search(passes, params, long_axes, pivots, config)
+        fns = fns_for(last)
+        if config.roll_refine_iterations:
+            buf = []
+            params, loss, n, stopped, masks = _run_level(
+                dataclasses.replace(last, iterations=config.roll_refine_iterations),
+                params,
+                fns,
+                config.replace(learning_rate=0.1 * config.learning_rate),  # stay in the valley found
+                record_into(buf),
+                best_start,
+            )
+            n_iter += n
+            history.extend(dict(r, level=len(levels) - 1, roll_refinement=True) for r in buf)
     evaluate = fns_for(last)[2]
     masks = _level_masks(last, evaluate, params, config)  # at the final poses (reported similarities)
     _, sims, Ls = evaluate(params, last.datas, last.Ps, last.targets, masks)
