@@ -174,8 +174,8 @@ class MultiViewConfig:
         kept at the angle of its best similarity, then refined for ``roll_refine_iterations`` at
         the last level (0: no search). Roll about the shaft of a long, nearly cylindrical bone
         changes its projections least; gradient steps stop anywhere on that flat valley.
-      roll_step_deg: the search's grid step (a coarse pass at the level before the last, then a
-        pass at the last level at a fifth of the step around the coarse optimum).
+      roll_step_deg: the search's grid step (a coarse pass, then a pass at a fifth of the step
+        around the coarse optimum; both at the last level).
       roll_refine_iterations: last-level iterations after the search.
     """
 
@@ -809,17 +809,16 @@ def _rolled(p, pivot, radius_mm, centroid, axis, angle) -> np.ndarray:
     return np.asarray(_params_from_pose(RigidTransform.from_matrix(T @ M, pivot), radius_mm), np.float64)
 
 
-def _roll_search(passes, params, long_axes, pivots, config) -> jax.Array:
-    """Each bone turned about its long axis to its best similarity (mean over the views): a grid of
-    ``+-roll_search_deg`` at ``roll_step_deg``, then ``+-roll_step_deg`` at a fifth of it around the
-    best angle. ``passes``: ``(level, evaluate, masks)`` of the two grids (the coarse one may use a
-    coarser level: cheaper, and its pixels still resolve the search step). The other bones stay
-    put. Angle 0 is on both grids, so the pass never lowers the similarity it measures."""
+def _roll_search(level, evaluate, masks, params, long_axes, pivots, config) -> jax.Array:
+    """Each bone turned about its long axis to its best similarity (mean over the views) at
+    ``level``: a grid of ``+-roll_search_deg`` at ``roll_step_deg``, then ``+-roll_step_deg`` at a
+    fifth of it around the best angle. The other bones stay put and the masks are fixed. Angle 0 is
+    on both grids, so the search never lowers the similarity it measures."""
     params = np.asarray(params, np.float64)
     step, half = math.radians(config.roll_step_deg), math.radians(config.roll_search_deg)
     for b, (centroid, axis) in enumerate(long_axes):
         base, best_angle = params[b].copy(), 0.0
-        for (level, evaluate, masks), span, st in zip(passes, (half, step), (step, step / 5.0), strict=True):
+        for span, st in ((half, step), (step, step / 5.0)):
             n = int(round(span / st))
             angles = best_angle + st * np.arange(-n, n + 1)
             losses = []
@@ -966,12 +965,10 @@ def register_multiview(
 
     last = levels[-1]
     if config.roll_search_deg > 0:
-        passes = []
-        for level in (last, last):
-            evaluate = fns_for(level)[2]
-            passes.append((level, evaluate, _level_masks(level, evaluate, params, config)))
+        evaluate = fns_for(last)[2]
+        masks = _level_masks(last, evaluate, params, config)
         long_axes = [_long_axis(vols[n]) for n in names]
-        params = _roll_search(passes, params, long_axes, pivots, config)
+        params = _roll_search(last, evaluate, masks, params, long_axes, pivots, config)
         fns = fns_for(last)
         if config.roll_refine_iterations:
             buf = []
