@@ -26,6 +26,7 @@ from jaxdrr.errors import LoadError
 from jaxdrr.io.frames import detect_fov_circle, downsample_image, read_fluoro_frame
 from jaxdrr.io.mayacam import parse_mayacam, projection_from_mayacam, read_mayacam, triangulate
 from jaxdrr.io.tiff_stack import AUTOSCOPER_WRIST_VOXEL_MM, principal_axes, read_tiff_volume
+from jaxdrr.volume import Volume
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "autoscoper_wrist"
 FRAME = "frames/xr_rad_uln_cam0{}_UND.0002.tif"
@@ -369,3 +370,55 @@ def test_initial_pose_json_round_trip(tmp_path):
     (tmp_path / "s.json").write_text("{")
     with pytest.raises(LoadError, match="not valid JSON"):
         load_initial_poses(tmp_path / "s.json")
+
+
+def _box_bone(shape=(20, 20, 30), inner=(slice(2, 18), slice(2, 18), slice(0, 30))) -> Volume:
+    """A HU volume (1 mm voxels, centred on the origin) whose bone is a box of 16 x 16 x 30 voxels."""
+    data = np.zeros(shape, np.float32)
+    data[inner] = 1000.0
+    affine = np.eye(4)
+    affine[:3, 3] = -(np.asarray(shape) - 1) / 2.0
+    return Volume.create(data, affine, kind="hu")
+
+
+def _at_x(x_mm: float):
+    from jaxdrr.geometry.rigid import RigidTransform
+
+    return RigidTransform.create(np.zeros(3), np.array([x_mm, 0.0, 0.0]))
+
+
+def test_bone_overlap_is_the_shared_fraction_of_voxels():
+    """Two 16 mm wide boxes: identical poses share every voxel, an 8 mm shift (whole voxels) half of
+    them along that axis, a 16 mm shift none; the fraction is exact with every voxel sampled."""
+    from jaxdrr.registration.initialize import bone_overlap
+
+    a = b = _box_bone()
+    n = 16 * 16 * 30
+    assert bone_overlap(a, _at_x(0.0), b, _at_x(0.0), n_points=n) == 1.0
+    assert bone_overlap(a, _at_x(0.0), b, _at_x(8.0), n_points=n) == 0.5
+    assert bone_overlap(a, _at_x(0.0), b, _at_x(16.0), n_points=n) == 0.0
+
+
+def test_joint_seeds_drop_bones_in_the_same_place_and_order_by_score():
+    """Candidates of two bones: the combination that puts both at x = 0 is dropped (they would
+    share space); the others come best summed score first."""
+    from jaxdrr.errors import JaxdrrError
+    from jaxdrr.registration.initialize import PoseCandidate, joint_seeds
+
+    vols = {"a": _box_bone(), "b": _box_bone()}
+
+    def cand(name, x, score):
+        return PoseCandidate(name=name, pose=_at_x(x), score=score, view_scores=(score, score))
+
+    cands = {
+        "a": [cand("a", 0.0, 0.9), cand("a", 30.0, 0.5)],
+        "b": [cand("b", 0.0, 0.8), cand("b", 60.0, 0.3)],
+    }
+    seeds = joint_seeds(vols, cands)
+    placed = [(float(s["a"].translation[0]), float(s["b"].translation[0])) for s in seeds]
+    assert placed == [(30.0, 0.0), (0.0, 60.0), (30.0, 60.0)]  # sums 1.3, 1.2, 0.8; (0, 0) overlaps
+    assert len(joint_seeds(vols, cands, max_seeds=2)) == 2
+    with pytest.raises(JaxdrrError, match="no candidate"):
+        joint_seeds(vols, {"a": cands["a"], "b": []})
+    with pytest.raises(JaxdrrError, match="same bones"):
+        joint_seeds(vols, {"a": cands["a"]})

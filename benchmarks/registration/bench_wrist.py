@@ -1,12 +1,15 @@
 """Biplanar radius + ulna registration on the real Autoscoper wrist, frame 0002 (issue 24's numbers).
 
     python benchmarks/registration/bench_wrist.py [--starts 20] [--quick] [--init POSES.json]
+    python benchmarks/registration/bench_wrist.py --skip repeatability consistency realism \
+        --against benchmarks/results/wrist_2026-12-07.json      # the automatic initialisation alone
 
 No ground-truth poses ship with the data, so the measures are ground-truth free:
 
 1. **Reference.** The bones are initialised (``--init`` file, else the automatic search of
-   :mod:`jaxdrr.registration.initialize`: the best seeds of each bone as multiple starts, first
-   level per bone, then joint) and registered jointly in both views; then registered again from
+   :mod:`jaxdrr.registration.initialize`: every combination of the bones' candidates that keeps
+   them apart, :func:`~jaxdrr.registration.initialize.joint_seeds`, as the starts of one joint
+   registration) and registered jointly in both views; then registered again from
    the result (the reference pose: a fixed point of the registration).
 2. **Repeatability.** ``--starts`` random starts, each bone independently turned by up to 10 deg
    (uniform angle and axis) and moved by up to 10 mm (uniform in a ball) from the reference, each
@@ -72,27 +75,22 @@ def load(downsample: int = 1):
 
 
 def initial_poses(volumes, init_path, config):
-    """Seeds: the --init file, else the automatic search (best of each bone's candidates)."""
-    from jaxdrr.registration import multiview as mv
-    from jaxdrr.registration.initialize import initialize_bone, limb_axis_3d, load_initial_poses
+    """Seeds: the --init file, else the automatic search (every combination of the bones'
+    candidates that keeps the bones apart, as multiple starts of one joint registration)."""
+    from jaxdrr.registration.initialize import initialize_bone, joint_seeds, limb_axis_3d, load_initial_poses
 
     if init_path:
         poses = load_initial_poses(init_path)
         return {b: poses[b] for b in BONES}, {"source": str(init_path)}
-    views8, frames8, Ps8, _ = load(8)
-    views1 = load(1)[0]
+    _, frames8, Ps8, _ = load(8)
     axis = limb_axis_3d(frames8, Ps8)
-    seeds, info = {}, {"source": "automatic"}
-    for b in BONES:
-        cands = initialize_bone(volumes[b], frames8, Ps8, name=b, axis=axis)
-        first = config.replace(levels=config.levels[:1])
-        r = mv.register_multiview({b: volumes[b]}, views1, [{b: c.pose} for c in cands], first)
-        seeds[b] = r.poses[b]
-        info[b] = {
-            "candidate_scores": [c.score for c in cands],
-            "start_losses": r.start_losses.tolist(),
-            "best": r.best_start,
-        }
+    cands = {b: initialize_bone(volumes[b], frames8, Ps8, name=b, axis=axis) for b in BONES}
+    seeds = joint_seeds({b: volumes[b] for b in BONES}, cands)
+    info = {
+        "source": "automatic",
+        "candidate_scores": {b: [c.score for c in cands[b]] for b in BONES},
+        "n_joint_seeds": len(seeds),
+    }
     return seeds, info
 
 
@@ -255,6 +253,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--skip", nargs="*", default=(), choices=("repeatability", "consistency", "realism"))
     p.add_argument(
+        "--against",
+        default=None,
+        help="an earlier result JSON: report how far this run's reference poses are from its reference "
+        "(e.g. the automatic initialisation against a run from --init)",
+    )
+    p.add_argument(
         "--levels",
         default=None,
         help="coarse-to-fine levels FACTOR:ITERATIONS,... (default MultiViewConfig's, e.g. 16:40,8:30,4:25,2:15)",
@@ -321,6 +325,32 @@ def main(argv=None) -> int:
     save_overlay(volumes, poses, views, overlay)
     report["overlay"] = str(overlay)
     points = {b: bone_points(volumes[b]) for b in BONES}
+    if args.against:
+        import json
+
+        from jaxdrr.geometry.rigid import RigidTransform
+
+        other = json.loads(Path(args.against).read_text())["reference"]["poses"]
+        report["against"] = {"file": str(args.against)}
+        for b in BONES:
+            T = np.asarray(other[b]["matrix"], np.float64)
+            d = mv.pose_difference(poses[b], RigidTransform.from_matrix(T, poses[b].pivot), points[b])
+            d["similarity_here"] = float(np.mean([ref.similarity[v][b] for v in ref.similarity]))
+            d["similarity_there"] = float(
+                np.mean(
+                    [
+                        s[b]
+                        for s in json.loads(Path(args.against).read_text())["reference"][
+                            "similarity"
+                        ].values()
+                    ]
+                )
+            )
+            report["against"][b] = d
+            print(
+                f"{b} vs {args.against}: {d['mean_mm']:.2f} mm mean over the bone, {d['rotation_deg']:.2f} deg; "
+                f"similarity {d['similarity_here']:.4f} here, {d['similarity_there']:.4f} there"
+            )
 
     if "repeatability" not in args.skip:
         rng = np.random.default_rng(0)

@@ -439,10 +439,11 @@ def run_multiview(args) -> int:
 
 
 def auto_seeds(views_in, volumes, *, quiet: bool) -> list[dict]:
-    """Multi-start seeds from the automatic initial-pose search (the k-th best of every bone)."""
+    """Multi-start seeds from the automatic initial-pose search: every combination of the bones'
+    candidates in which no two bones share space (:func:`jaxdrr.registration.initialize.joint_seeds`)."""
     from jaxdrr.io.frames import read_fluoro_frame
     from jaxdrr.io.mayacam import projection_from_mayacam, read_mayacam
-    from jaxdrr.registration.initialize import initialize_bone, limb_axis_3d
+    from jaxdrr.registration.initialize import initialize_bone, joint_seeds, limb_axis_3d
 
     k = 8  # the search works at ~1/8 of a 1760 px frame
     frames = [read_fluoro_frame(image, downsample=k) for image, _ in views_in]
@@ -450,10 +451,17 @@ def auto_seeds(views_in, volumes, *, quiet: bool) -> list[dict]:
     with long_step("searching initial poses", disable=quiet):
         axis = limb_axis_3d(frames, Ps)
         candidates = {n: initialize_bone(v, frames, Ps, name=n, axis=axis) for n, v in volumes.items()}
-    n_seeds = min(len(c) for c in candidates.values())
-    if n_seeds == 0:
-        raise JaxdrrError("the automatic initial-pose search found no candidate; pass --init")
-    return [{n: c[i].pose for n, c in candidates.items()} for i in range(min(n_seeds, 3))]
+        empty = [n for n, c in candidates.items() if not c]
+        if empty:
+            raise JaxdrrError(
+                f"the automatic initial-pose search found no candidate for {empty}; pass --init"
+            )
+        seeds = joint_seeds(volumes, candidates)
+    if not seeds:
+        raise JaxdrrError(
+            "every combination of the automatic candidates puts two bones in the same place; pass --init"
+        )
+    return seeds
 
 
 def run(args) -> int:

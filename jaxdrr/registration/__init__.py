@@ -28,6 +28,7 @@ from jaxdrr.registration.accuracy import (
 from jaxdrr.registration.initialize import (
     initialize_bone,
     initialize_bones,
+    joint_seeds,
     load_initial_poses,
     save_initial_poses,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "initialize",
     "initialize_bone",
     "initialize_bones",
+    "joint_seeds",
     "load_initial_poses",
     "save_initial_poses",
     "Pose",
