@@ -41,7 +41,7 @@ from jaxdrr.io.frames import read_fluoro_frame
 from jaxdrr.io.mayacam import projection_from_mayacam, read_mayacam
 from jaxdrr.io.tiff_stack import read_tiff_volume
 from jaxdrr.registration import multiview as mv
-from jaxdrr.registration.initialize import initialize_bone, limb_axis_3d, load_initial_poses
+from jaxdrr.registration.initialize import initialize_bone, joint_seeds, limb_axis_3d, load_initial_poses
 from jaxdrr.registration.tool_pose import perturb_tool_pose
 
 import jaxdrr
@@ -88,12 +88,14 @@ plt.tight_layout()""",
     (
         "md",
         """## Starting poses
-The automatic search works on 1/8-size frames: each bone gets a few candidates (best first). On this frame it is
-**not yet reliable**: its candidates place each bone's centre near the right place (distances printed below),
-but in development runs the registration started from them ended at low similarity (the radius and the ulna
-overlap in cam1, and both bones were drawn to the ulna's shadow). So the registration below starts from the
-documented manual
-override instead (`tests/data/wrist_0002_seed.json`, the format of `load_initial_poses`: what an Autoscoper
+The automatic search works on 1/8-size frames: each bone gets a few candidates (best first), searched on its
+own, so a radius candidate can sit on the ulna's shadow. `joint_seeds` combines them (one candidate per bone),
+drops the combinations that put two bones in the same place, and the joint registration keeps for each bone
+the start where it matched best. From those seeds alone (README, `bench_wrist.py --against`) the radius lands
+within 0.1 mm of the registration from the manual pose, but the ulna's turn about its own shaft is not found:
+its cross-section is nearly round, and the similarity barely changes with that turn. So the registration
+below starts from the documented manual
+override (`tests/data/wrist_0002_seed.json`, the format of `load_initial_poses`: what an Autoscoper
 user places by hand in the first frame), moved by a random 5 mm / 5 degrees as a rough hand placement would be;
 the printout says how far each automatic candidate is from it.""",
     ),
@@ -106,7 +108,9 @@ Ps_small = [projection_from_mayacam(read_mayacam(DATA / "Calibration" / f"xr_cal
 t0 = time.perf_counter()
 axis = limb_axis_3d(small, Ps_small)
 candidates = {b: initialize_bone(vol, small, Ps_small, name=b, axis=axis) for b, vol in volumes.items()}
-print(f"automatic search: {time.perf_counter() - t0:.1f} s")
+joint = joint_seeds(volumes, candidates)
+print(f"automatic search: {time.perf_counter() - t0:.1f} s; {len(joint)} joint seeds of "
+      f"{np.prod([len(c) for c in candidates.values()])} combinations keep the bones apart")
 manual = load_initial_poses(REPO / "tests" / "data" / "wrist_0002_seed.json")
 rng = np.random.default_rng(2)
 seeds = {b: perturb_tool_pose(manual[b], 5.0, 5.0, rng) for b in volumes}   # a rough hand placement
