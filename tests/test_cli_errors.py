@@ -1,17 +1,19 @@
-"""Bad input to the command line, run as a user would: ``python -m jaxdrr ...`` in a fresh folder.
+"""Bad input to the command line, run as a user would: ``jaxdrr ...`` in a fresh folder.
 
 Every case must end with exit code 2, one line on stderr that names the problem, no traceback,
-and no file or folder left behind (the checks run before any computation). The cases run as
-concurrent subprocesses from one module fixture: each costs about two CPU-seconds of imports.
+and no file or folder left behind (the checks run before any computation). The cases run one
+after another in one fresh Python process (each in its own folder, its output caught at the file
+descriptors), so that jax and jaxdrr are imported once, not once per case (~2 CPU-seconds each);
+``test_debug_shows_the_traceback`` runs ``python -m jaxdrr`` itself.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -172,9 +174,40 @@ def _listing(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
+# Runs each case's `jaxdrr ARGV` in its folder inside one fresh Python process (imports once, not
+# once per case), with file descriptors 1 and 2 redirected to files per case: C-level writes (XLA,
+# absl) are caught as well as Python's. An exception that escapes `main` is printed as a traceback
+# (exit code 1), as the console script would.
+DRIVER = r"""
+import json, os, sys, traceback
+from jaxdrr.cli import main
+report = {}
+for name, folder, argv in json.loads(sys.argv[1]):
+    os.chdir(folder)
+    out_path, err_path = sys.argv[2] + "/" + name + ".out", sys.argv[2] + "/" + name + ".err"
+    saved = os.dup(1), os.dup(2)
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        sys.stdout.flush(); sys.stderr.flush()
+        os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
+        try:
+            rc = main(argv)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            rc = 1
+        sys.stdout.flush(); sys.stderr.flush()
+        os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+    os.close(saved[0]); os.close(saved[1])
+    report[name] = rc
+with open(sys.argv[2] + "/report.json", "w") as f:
+    json.dump(report, f)
+"""
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """Runs every case in its own fresh folder, several at a time; {name: result dict}."""
+    """Runs every case in its own fresh folder; {name: result dict}."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("JAXDRR_DEBUG", None)
     cases = {}
@@ -182,23 +215,25 @@ def results(tmp_path_factory):
         folder = tmp_path_factory.mktemp(name)
         ready = _prepare(folder, inputs)
         cases[name] = {"folder": folder, "argv": argv, "ready": ready, "before": _listing(folder)}
-
-    def run(name):
-        case = cases[name]
+    logs = tmp_path_factory.mktemp("logs")
+    todo = [(name, str(c["folder"]), c["argv"]) for name, c in cases.items() if c["ready"]]
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(todo), str(logs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0 and (logs / "report.json").exists(), proc.stderr[-3000:]
+    codes = json.loads((logs / "report.json").read_text())
+    for name, case in cases.items():
         if case["ready"]:
-            proc = subprocess.run(
-                [sys.executable, "-m", "jaxdrr", *case["argv"]],
-                cwd=case["folder"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
+            case.update(
+                rc=codes[name],
+                out=(logs / f"{name}.out").read_text(),
+                err=(logs / f"{name}.err").read_text(),
+                after=_listing(case["folder"]),
             )
-            case.update(rc=proc.returncode, out=proc.stdout, err=proc.stderr, after=_listing(case["folder"]))
-        return name
-
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        list(pool.map(run, cases))
     yield cases
     for name, case in cases.items():
         for entry, how in CASES[name][2].items():
