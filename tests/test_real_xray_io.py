@@ -418,6 +418,8 @@ def test_joint_seeds_drop_bones_in_the_same_place_and_order_by_score():
     placed = [(float(s["a"].translation[0]), float(s["b"].translation[0])) for s in seeds]
     assert placed == [(30.0, 0.0), (0.0, 60.0), (30.0, 60.0)]  # sums 1.3, 1.2, 0.8; (0, 0) overlaps
     assert len(joint_seeds(vols, cands, max_seeds=2)) == 2
+    alone = joint_seeds({"b": vols["b"]}, {"b": cands["b"]})  # one bone: its candidates, in order
+    assert [float(s["b"].translation[0]) for s in alone] == [0.0, 60.0]
     with pytest.raises(JaxdrrError, match="no candidate"):
         joint_seeds(vols, {"a": cands["a"], "b": []})
     with pytest.raises(JaxdrrError, match="same bones"):
