@@ -94,13 +94,11 @@ def initial_poses(volumes, init_path, config):
     return seeds, info
 
 
-def bone_points(volume, n=2000, seed=0):
+def bone_points(volume, n=2000):
     """Up to ``n`` voxel centres of the bone (object mm), for target registration spreads."""
-    data = np.asarray(volume.data)
-    idx = np.argwhere(data > 200.0)
-    rng = np.random.default_rng(seed)
-    idx = idx[rng.choice(len(idx), size=min(n, len(idx)), replace=False)]
-    return np.c_[idx, np.ones(len(idx))] @ volume.affine[:3].T
+    from jaxdrr.registration.initialize import bone_samples
+
+    return bone_samples(volume, 200.0, n)
 
 
 def random_start(pose, rng, max_deg, max_mm):
@@ -330,22 +328,13 @@ def main(argv=None) -> int:
 
         from jaxdrr.geometry.rigid import RigidTransform
 
-        other = json.loads(Path(args.against).read_text())["reference"]["poses"]
+        other = json.loads(Path(args.against).read_text())["reference"]
         report["against"] = {"file": str(args.against)}
         for b in BONES:
-            T = np.asarray(other[b]["matrix"], np.float64)
+            T = np.asarray(other["poses"][b]["matrix"], np.float64)
             d = mv.pose_difference(poses[b], RigidTransform.from_matrix(T, poses[b].pivot), points[b])
-            d["similarity_here"] = float(np.mean([ref.similarity[v][b] for v in ref.similarity]))
-            d["similarity_there"] = float(
-                np.mean(
-                    [
-                        s[b]
-                        for s in json.loads(Path(args.against).read_text())["reference"][
-                            "similarity"
-                        ].values()
-                    ]
-                )
-            )
+            d["similarity_here"] = float(np.mean([per[b] for per in ref.similarity.values()]))
+            d["similarity_there"] = float(np.mean([per[b] for per in other["similarity"].values()]))
             report["against"][b] = d
             print(
                 f"{b} vs {args.against}: {d['mean_mm']:.2f} mm mean over the bone, {d['rotation_deg']:.2f} deg; "

@@ -520,7 +520,7 @@ def initialize_bones(
     }
 
 
-def _bone_samples(volume: Volume, threshold_hu: float, n_points: int) -> np.ndarray:
+def bone_samples(volume: Volume, threshold_hu: float, n_points: int) -> np.ndarray:
     """Up to ``n_points`` voxel centres (object mm) where the bone's CT exceeds ``threshold_hu``."""
     data = np.asarray(volume.data)
     idx = np.argwhere(data > threshold_hu)
@@ -544,7 +544,7 @@ def bone_overlap(
 
     Nearest-voxel lookup on a sample of ``n_points`` of ``a``'s voxels (deterministic).
     """
-    pts = _bone_samples(a, threshold_hu, n_points)
+    pts = bone_samples(a, threshold_hu, n_points)
     if len(pts) == 0:
         return 0.0
     T = np.linalg.inv(np.asarray(pose_b.matrix(), np.float64)) @ np.asarray(pose_a.matrix(), np.float64)
@@ -708,6 +708,7 @@ __all__: Sequence[str] = (
     "triangulate_line",
     "initialize_bone",
     "initialize_bones",
+    "bone_samples",
     "bone_overlap",
     "joint_seeds",
     "load_initial_poses",
