@@ -216,14 +216,19 @@ def test_default_directory_follows_xdg(tmp_path):
     assert cc.default_cache_dir({"XDG_CACHE_HOME": "relative/dir"}) == home  # XDG: ignore relative paths
 
 
-def jax_has_its_own_cache_dir() -> bool:
+@pytest.fixture
+def no_jax_cache_dir():
+    """JAX without a cache directory of its own (the test session gives it one, tests/conftest.py; a
+    user may set JAX_COMPILATION_CACHE_DIR): enable_compile_cache then chooses and checks its own."""
     import jax
 
-    return bool(jax.config.jax_compilation_cache_dir)  # e.g. JAX_COMPILATION_CACHE_DIR: then it is used
+    previous = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)
+    yield
+    jax.config.update("jax_compilation_cache_dir", previous)
 
 
-@pytest.mark.skipif(jax_has_its_own_cache_dir(), reason="JAX_COMPILATION_CACHE_DIR is set")
-def test_unusable_directories_turn_the_cache_off(tmp_path):
+def test_unusable_directories_turn_the_cache_off(tmp_path, no_jax_cache_dir):
     a_file = tmp_path / "file"
     a_file.write_text("")
     status = cc.enable_compile_cache(a_file / "jax", environ={})
@@ -236,8 +241,7 @@ def test_unusable_directories_turn_the_cache_off(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="chown needs root")
-@pytest.mark.skipif(jax_has_its_own_cache_dir(), reason="JAX_COMPILATION_CACHE_DIR is set")
-def test_a_directory_of_another_user_is_refused(tmp_path):
+def test_a_directory_of_another_user_is_refused(tmp_path, no_jax_cache_dir):
     other = tmp_path / "other"
     other.mkdir(mode=0o700)
     os.chown(other, 4242, -1)

@@ -259,7 +259,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--levels",
         default=None,
-        help="coarse-to-fine levels FACTOR:ITERATIONS,... (default MultiViewConfig's, e.g. 16:40,8:30,4:25,2:15)",
+        help="coarse-to-fine levels FACTOR:ITERATIONS[:OPTIMIZER],... (default MultiViewConfig's, e.g. "
+        "16:40,8:30,4:25,2:15; OPTIMIZER adam or lbfgs)",
     )
     p.add_argument(
         "--roll-search-deg",
@@ -277,9 +278,8 @@ def main(argv=None) -> int:
     config = mv.MultiViewConfig()
     n_starts = args.starts
     if args.levels:
-        config = config.replace(
-            levels=tuple((int(f), int(n)) for f, n in (level.split(":") for level in args.levels.split(",")))
-        )
+        levels = [level.split(":") for level in args.levels.split(",")]
+        config = config.replace(levels=tuple((int(f), int(n), *rest) for f, n, *rest in levels))
     if args.roll_search_deg is not None:
         config = config.replace(roll_search_deg=args.roll_search_deg)
     if args.quick:
