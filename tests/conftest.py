@@ -14,14 +14,17 @@ os.environ.setdefault("JAXDRR_NO_COMPILE_CACHE", "1")
 # user's cache (subprocesses inherit this too).
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="jaxdrr-test-cache-")
 
-# One persistent compilation cache for the test processes of a session (the xdist workers inherit the
-# directory from the controller through this variable), so a program that several test files compile
-# (the same renderer, phantom, windowing...) is compiled once: ~10 % of the suite's time. Cached
-# executables are the ones JAX compiled, so results are identical. In-process only, through
-# jaxdrr's AtomicFileCache (a whole entry or none, even with two workers writing the same one);
-# child processes (CLI, notebooks, README blocks) do not inherit it. Removed at the end of the session.
+# One persistent compilation cache for the test processes of a session, so that a program several test
+# files compile (the same renderer, phantom, windowing...) is compiled once. The xdist workers and a
+# nested pytest (tests/test_native_project.py) find the directory through this variable; JAX is given
+# it through jax.config, not its environment variable, so child processes (CLI, notebook kernels)
+# compile as a user's would. Entries go through jaxdrr's AtomicFileCache (a whole entry or none, even
+# with two workers writing the same one). Cached executables are the ones JAX compiled: results are
+# identical. The directory is removed at the end of the session.
 SESSION_CACHE_ENV = "JAXDRR_TEST_SESSION_COMPILE_CACHE"
-os.environ.setdefault(SESSION_CACHE_ENV, tempfile.mkdtemp(prefix="jaxdrr-test-jit-cache-"))
+_SESSION_CACHE_MADE_HERE = SESSION_CACHE_ENV not in os.environ  # not in xdist workers or a nested pytest
+if _SESSION_CACHE_MADE_HERE:
+    os.environ[SESSION_CACHE_ENV] = tempfile.mkdtemp(prefix="jaxdrr-test-jit-cache-")
 
 
 def _use_session_compile_cache() -> None:
@@ -40,7 +43,7 @@ _use_session_compile_cache()
 
 
 def pytest_sessionfinish(session):
-    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
+    if _SESSION_CACHE_MADE_HERE:  # the outermost pytest process only: the others share its directory
         shutil.rmtree(os.environ[SESSION_CACHE_ENV], ignore_errors=True)
 
 

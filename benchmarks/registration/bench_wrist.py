@@ -278,8 +278,9 @@ def main(argv=None) -> int:
     config = mv.MultiViewConfig()
     n_starts = args.starts
     if args.levels:
-        levels = [level.split(":") for level in args.levels.split(",")]
-        config = config.replace(levels=tuple((int(f), int(n), *rest) for f, n, *rest in levels))
+        from jaxdrr.cli.register import parse_levels  # the CLI's --levels syntax
+
+        config = config.replace(levels=parse_levels(args.levels))
     if args.roll_search_deg is not None:
         config = config.replace(roll_search_deg=args.roll_search_deg)
     if args.quick:
