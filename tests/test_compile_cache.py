@@ -218,8 +218,8 @@ def test_default_directory_follows_xdg(tmp_path):
 
 @pytest.fixture
 def no_jax_cache_dir():
-    """JAX without a cache directory of its own (the test session gives it one, tests/conftest.py; a
-    user may set JAX_COMPILATION_CACHE_DIR): enable_compile_cache then chooses and checks its own."""
+    """JAX without a cache directory of its own (a user running the tests may have set
+    JAX_COMPILATION_CACHE_DIR): enable_compile_cache then chooses and checks its own directory."""
     import jax
 
     previous = jax.config.jax_compilation_cache_dir
