@@ -7,6 +7,7 @@ poses, isocentre, materials and densities) and records the tools in the ``--save
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -151,10 +152,11 @@ def test_render_with_a_tool_matches_the_scene_renderer_and_records_it(tmp_path):
     P = bundle["P"]
     g = carm_geometry(build_parser().parse_args(arguments))
     assert (g.height, g.width) == (32, 32)
-    expected = np.asarray(make_scene_renderer(config)(scene_params(config, scene), scene, P, None))
+    # Jitted, as the CLI runs it (eager, every primitive of the scene renderer compiles on its own).
+    expected = np.asarray(jax.jit(make_scene_renderer(config))(scene_params(config, scene), scene, P, None))
     # float32, two compilations of the same computation: ~100 ulps of the largest value
     np.testing.assert_allclose(image, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
     # The wire is seen: in its shadow the image is darker (more attenuation) than the CT alone.
-    plain = np.asarray(jaxdrr.make_renderer(config)(jaxdrr.default_params(config), ct, P, None))
+    plain = np.asarray(jax.jit(jaxdrr.make_renderer(config))(jaxdrr.default_params(config), ct, P, None))
     for mask in masks:
         assert np.all(image[mask > 0] > plain[mask > 0])

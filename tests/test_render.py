@@ -149,11 +149,13 @@ def test_jit_vmap_and_keys(small):
             assert_within(jax.jit(render)(params, vol, P, None), log64, bound, "jit")
 
     # Noise: the same expected signal and key give the same draw in a vmap and in a loop (the
-    # noise transform is a few float32 roundings of the signal: gamma(16) relative).
+    # noise transform is a few float32 roundings of the signal: gamma(16) relative). Jitted: eager,
+    # each of the noise's primitives compiles once per shape (~500 small compilations, most of this
+    # test's time), and eager rendering is checked above.
     noisy = cfg.replace(noise=jaxdrr.NoiseConfig(photons_per_pixel=1e3), photons_per_pixel=1e3)
     L = jaxdrr.line_integrals(noisy, vol, Ps[0])
     keys = jax.random.split(jax.random.key(0), 3)
-    form = lambda k: jaxdrr.image_from_line_integrals(noisy, params, L, k)
+    form = jax.jit(lambda k: jaxdrr.image_from_line_integrals(noisy, params, L, k))
     vmapped = jax.vmap(form)(keys)
     looped = jnp.stack([form(k) for k in keys])
     assert_within(vmapped, looped, gamma(16) * np.abs(np.asarray(looped)) * 2, "noise, vmap vs loop")
