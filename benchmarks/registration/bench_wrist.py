@@ -268,6 +268,18 @@ def main(argv=None) -> int:
         default=None,
         help="MultiViewConfig.roll_search_deg (default: the config's)",
     )
+    p.add_argument(
+        "--roll-step-deg",
+        type=float,
+        default=None,
+        help="MultiViewConfig.roll_step_deg (default: the config's)",
+    )
+    p.add_argument(
+        "--mask-margin-mm",
+        type=float,
+        default=None,
+        help="MultiViewConfig.mask_margin_mm (default: the config's)",
+    )
     args = p.parse_args(argv)
 
     from jaxdrr.registration import multiview as mv
@@ -283,6 +295,10 @@ def main(argv=None) -> int:
         config = config.replace(levels=parse_levels(args.levels))
     if args.roll_search_deg is not None:
         config = config.replace(roll_search_deg=args.roll_search_deg)
+    if args.roll_step_deg is not None:
+        config = config.replace(roll_step_deg=args.roll_step_deg)
+    if args.mask_margin_mm is not None:
+        config = config.replace(mask_margin_mm=args.mask_margin_mm)
     if args.quick:
         config = config.replace(levels=((8, 15), (4, 10)))
         n_starts = min(n_starts, 3)
@@ -307,6 +323,7 @@ def main(argv=None) -> int:
             "roll_search_deg": config.roll_search_deg,
             "roll_step_deg": config.roll_step_deg,
             "roll_refine_iterations": config.roll_refine_iterations,
+            "mask_margin_mm": config.mask_margin_mm,
         },
     }
 

@@ -26,15 +26,21 @@ Model (one place for each step):
   ``mask_threshold`` of its maximum) dilated by ``mask_margin_mm``, times the view's field-of-view
   mask. So soft tissue and bones that are not modelled weigh only where they overlap a modelled
   bone. The loss is the mean of ``1 - similarity`` over views and bones. The masks are computed
-  from the current poses (not differentiated) at the start of each level and every
-  ``mask_update_every`` iterations.
+  from the current poses (not differentiated) at the start of each level and, at Adam levels,
+  every ``mask_update_every`` iterations (an L-BFGS level keeps one function).
 * **Region of interest and pyramid.** Each view is cropped to the bones' projected boxes plus
   ``roi_margin_mm`` (a crop is a shift of the principal point), and each level renders that crop
   with pixels ``factor`` times larger (:func:`jaxdrr.geometry.rescale_detector`) against the
   block-averaged image; the volumes are block-averaged (:func:`downsample_volume`) where a level's
   pixels are much coarser than the voxels.
-* **Optimiser.** Every bone's rotation vector (scaled by ``radius_mm``: one unit ~ 1 mm of motion
-  at that radius) and translation (mm) are optimised jointly, Adam or L-BFGS per level (optax).
+* **Pose parameters.** Each level starts from the current poses (the chart is centred there: no
+  rotation-vector singularity near 180 deg) and optimises, per bone, a turn about the volume's
+  centre and a translation (world mm). At Adam levels a turn's parameters are radians about the
+  object's axes times ``radius_mm`` (one unit ~ 1 mm at that radius); at L-BFGS levels they are
+  radians about the bone's principal axes times its radius of gyration about each, so one unit moves the
+  bone's mass about 1 mm whichever the axis: a thin bone's turn about its own shaft (a tiny motion
+  per degree, a flat valley) is then as well conditioned as the rest (``rotation_scale``).
+* **Optimiser.** All bones' parameters jointly, Adam or L-BFGS per level (optax).
   Several starts (the given seeds plus ``n_starts - 1`` deterministic random perturbations each)
   run the first level; each bone continues from the start where it matched best (its own mean
   similarity over the views), so the bones need not be found in the same start. Compiled steps are cached across calls with the same
@@ -86,6 +92,8 @@ __all__ = [
 TARGETS = ("intensity", "attenuation")
 MULTIVIEW_METRICS = ("gncc", "mncc", "ncc")
 OPTIMIZERS = ("adam", "lbfgs")
+ROTATION_SCALES = ("auto", "gyration", "uniform")
+MIN_GYRATION_MM = 1.0  # floor of a radius of gyration (a bone thinner than this turns like one that thick)
 SWITCH_MARGIN = 0.05  # similarity a bone must gain to continue from another start than the best
 ROI_QUANTUM = 8  # crop sizes are multiples of 8 blocks of the coarsest level
 _INTENSITY_FLOOR = 1.0 / 512.0  # below half an 8-bit step: -ln stays finite on black pixels
@@ -151,7 +159,13 @@ class MultiViewConfig:
       optimizer: default optimizer of levels that name none (``"adam"`` or ``"lbfgs"``).
       learning_rate: Adam's step at factor 1 (scaled pose units ~ mm); a level uses
         ``learning_rate * sqrt(factor)``, decayed (cosine) to 10 % over the level.
-      radius_mm: rotation scaling: one optimiser unit of rotation is ``1 / radius_mm`` rad.
+      rotation_scale: ``"gyration"`` (one unit of a turn about a principal axis of the bone is
+        ``1 / g`` rad, ``g`` the bone's radius of gyration about that axis), ``"uniform"``
+        (``1 / radius_mm`` rad about each of the object's axes) or ``"auto"``: uniform at Adam levels (Adam moves
+        every parameter by about its step, so its precision is the step: equal angles), gyration
+        at L-BFGS levels (its progress depends on the conditioning: equal curvature, so a thin
+        bone's turn about its shaft converges as fast as the rest).
+      radius_mm: the rotation scale of ``rotation_scale="uniform"`` (mm).
       n_starts: starts per seed pose at the first level (the seed itself plus random perturbations).
       start_rotation_deg, start_translation_mm: the perturbations' size (uniform in a ball).
       seed: seed of the perturbations (NumPy; deterministic).
@@ -161,7 +175,8 @@ class MultiViewConfig:
         still sees its own edges.
       mask_threshold: a pixel belongs to a bone's footprint where the bone's line integral exceeds
         this fraction of its maximum in the view.
-      mask_update_every: iterations between re-computations of the masks (0: once per level).
+      mask_update_every: iterations between re-computations of the masks at Adam levels (0: once
+        per level; L-BFGS levels keep the masks of their start).
       smooth_px: Gaussian blur (sigma, in each level's pixels) of the DRR and the image before
         the similarity: widens the basin of edge-based metrics and suppresses pixel noise (0: none).
       taper_mm: attenuation fade towards faces of the volume that cut the bone (0: none).
@@ -184,6 +199,7 @@ class MultiViewConfig:
     levels: tuple = ((16, 40, "adam"), (8, 30, "adam"), (4, 25, "adam"), (2, 15, "adam"))
     optimizer: str = "adam"
     learning_rate: float = 0.5
+    rotation_scale: str = "auto"
     radius_mm: float = 30.0
     n_starts: int = 1
     start_rotation_deg: float = 10.0
@@ -210,6 +226,8 @@ class MultiViewConfig:
             raise JaxdrrError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.optimizer not in OPTIMIZERS:
             raise JaxdrrError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.rotation_scale not in ROTATION_SCALES:
+            raise JaxdrrError(f"rotation_scale must be one of {ROTATION_SCALES}, got {self.rotation_scale!r}")
         try:
             levels = tuple(
                 (int(lv[0]), int(lv[1]), str(lv[2]) if len(lv) > 2 else self.optimizer) for lv in self.levels
@@ -518,15 +536,23 @@ def _target_image(view: View, target: str) -> np.ndarray:
 # Rendering and similarity (pure, jit-able)
 
 
-def _to_pose(p, pivot, radius_mm):
-    return RigidTransform(p[:3] / radius_mm, p[3:], pivot)
+def _pose_matrix(p, base, scale, pivot):
+    """4x4 object -> world pose of one bone's parameters ``p`` = (turn [3], translation [3]).
+
+    The ``base`` pose [4, 4], turned first by ``so3_exp(scale @ turn)`` about ``pivot`` (object
+    mm; ``scale`` [3, 3] maps parameters to a rotation vector in object coordinates), then moved
+    by ``translation`` (world mm). ``p = 0`` is the base pose."""
+    R = so3_exp(scale @ p[:3])
+    turn = jnp.eye(4, dtype=p.dtype).at[:3, :3].set(R).at[:3, 3].set(pivot - R @ pivot)
+    return (base @ turn).at[:3, 3].add(p[3:])
 
 
-def _render(datas, affines, pivots, params, P, h, w, radius_mm, step_mm, backend):
-    """[B, h, w] line integrals of every bone in one view."""
+def _render(datas, affines, params, frames, P, h, w, step_mm, backend):
+    """[B, h, w] line integrals of every bone in one view (``frames`` = (bases, scales, pivots))."""
     out = []
-    for data, affine, pivot, p in zip(datas, affines, pivots, params):
-        Pb = object_projection(P, _to_pose(p, pivot, radius_mm))
+    for b, (data, affine) in enumerate(zip(datas, affines)):
+        T = _pose_matrix(params[b], *(f[b] for f in frames))
+        Pb = P @ T  # object_projection's P @ pose, from the matrix
         out.append(project(data, np.asarray(affine), Pb, h, w, step_mm=step_mm, backend=backend)[..., 0])
     return jnp.stack(out)
 
@@ -559,24 +585,26 @@ def _similarity(metric: str):
 
 
 @functools.lru_cache(maxsize=32)
-def _level_functions(metric, affines, pivots, shapes, radius_mm, step_mm, backend, optimizer, smooth_px=0.0):
-    """Jitted ``(step, init, evaluate)`` for one level's static structure (shapes, affines, pivots).
+def _level_functions(metric, affines, shapes, step_mm, backend, optimizer, smooth_px=0.0):
+    """Jitted ``(step, init, evaluate)`` for one level's static structure (shapes, affines).
 
-    ``step(params, state, lr, datas, Ps, targets, masks) -> (params, state, loss)`` (the loss at
-    the incoming params); ``evaluate(params, datas, Ps, targets, masks) -> (loss, sims [V, B],
-    line integrals per view [B, h, w])``. The learning rate is an argument, not a constant, so
-    one compilation serves every level schedule and every call with these shapes.
+    ``step(params, state, lr, frames, datas, Ps, targets, masks) -> (params, state, loss)`` (the
+    loss at the incoming params); ``evaluate(params, frames, datas, Ps, targets, masks) -> (loss,
+    sims [V, B], line integrals per view [B, h, w])``; ``params`` [B, 6] are relative to
+    ``frames`` = (base poses [B, 4, 4], scales [B, 3, 3], pivots [B, 3]) (:func:`_pose_matrix`).
+    The learning rate and the frames are arguments, not constants, so one compilation serves every
+    level schedule, start and call with these shapes.
     """
     sim = _similarity(metric)
 
-    def render_all(params, datas, Ps):
+    def render_all(params, frames, datas, Ps):
         return [
-            _render(datas, affines, pivots, params, Ps[v], h, w, radius_mm, step_mm, backend)
+            _render(datas, affines, params, frames, Ps[v], h, w, step_mm, backend)
             for v, (h, w) in enumerate(shapes)
         ]
 
-    def evaluate(params, datas, Ps, targets, masks):
-        Ls = render_all(params, datas, Ps)
+    def evaluate(params, frames, datas, Ps, targets, masks):
+        Ls = render_all(params, frames, datas, Ps)
         s = jnp.stack(
             [
                 jnp.stack(
@@ -590,8 +618,8 @@ def _level_functions(metric, affines, pivots, shapes, radius_mm, step_mm, backen
         )  # [V, B]
         return jnp.mean(1.0 - s), s, Ls
 
-    def loss(params, datas, Ps, targets, masks):
-        return evaluate(params, datas, Ps, targets, masks)[0]
+    def loss(params, frames, datas, Ps, targets, masks):
+        return evaluate(params, frames, datas, Ps, targets, masks)[0]
 
     if optimizer == "lbfgs":
         opt = optax.lbfgs(
@@ -601,8 +629,8 @@ def _level_functions(metric, affines, pivots, shapes, radius_mm, step_mm, backen
     else:
         opt = optax.scale_by_adam()
 
-    def step(params, state, lr, datas, Ps, targets, masks):
-        f = lambda p: loss(p, datas, Ps, targets, masks)  # noqa: E731
+    def step(params, state, lr, frames, datas, Ps, targets, masks):
+        f = lambda p: loss(p, frames, datas, Ps, targets, masks)  # noqa: E731
         value, grad = jax.value_and_grad(f)(params)
         if optimizer == "lbfgs":
             updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=f)
@@ -706,26 +734,75 @@ def _prepare_levels(views, vols, rois, config) -> list[_Level]:
     return levels
 
 
-def _params_from_pose(pose: RigidTransform, radius_mm: float) -> jax.Array:
-    return jnp.concatenate(
-        [jnp.asarray(pose.rotation, jnp.float32) * radius_mm, jnp.asarray(pose.translation, jnp.float32)]
-    )
+@dataclasses.dataclass(frozen=True, eq=False)
+class _BoneFrame:
+    """A bone's principal frame (object mm) and how its turns are scaled.
+
+    Attributes:
+      centroid: [3] centre of its attenuation.
+      axes: [3, 3] principal axes (columns), ascending second moment: the last is the long axis.
+      gyration: [3] radius of gyration about each axis (mm, at least ``MIN_GYRATION_MM``).
+    """
+
+    centroid: np.ndarray
+    axes: np.ndarray
+    gyration: np.ndarray
+
+    def scale(self, config: MultiViewConfig, optimizer: str) -> np.ndarray:
+        """[3, 3]: turn parameters -> rotation vector (object coordinates, rad), for a level
+        optimised with ``optimizer`` (see ``MultiViewConfig.rotation_scale``)."""
+        kind = config.rotation_scale
+        if kind == "auto":
+            kind = "gyration" if optimizer == "lbfgs" else "uniform"
+        if kind == "uniform":
+            return np.eye(3) / config.radius_mm
+        return self.axes / self.gyration
 
 
-def _perturbations(config: MultiViewConfig, n_bones: int) -> np.ndarray:
-    """[n_starts - 1, B, 6] deterministic random offsets (scaled rotation, translation)."""
+def _bone_frame(volume: Volume) -> _BoneFrame:
+    """The principal frame of a volume's values (voxels above 5 % of the maximum, value-weighted)."""
+    data = np.asarray(volume.data, np.float64)
+    data = data.sum(axis=0) if data.ndim == 4 else data
+    idx = np.argwhere(data > 0.05 * data.max())
+    w = data[tuple(idx.T)]
+    pts = np.c_[idx, np.ones(len(idx))] @ np.asarray(volume.affine, np.float64)[:3].T
+    centroid = (w[:, None] * pts).sum(axis=0) / w.sum()
+    d = pts - centroid
+    moments, axes = np.linalg.eigh((w[:, None] * d).T @ d / w.sum())
+    # Radius of gyration about axis k: sqrt(E|d|^2 - E(d . e_k)^2).
+    gyration = np.sqrt(np.maximum(moments.sum() - moments, 0.0))
+    return _BoneFrame(centroid, axes, np.maximum(gyration, MIN_GYRATION_MM))
+
+
+def _frames(poses: np.ndarray, geometry: tuple) -> tuple:
+    """``frames`` of :func:`_level_functions`: the base poses [B, 4, 4] and the fixed (scales, pivots)."""
+    return (jnp.asarray(poses, jnp.float32),) + geometry
+
+
+def _apply(params, frames) -> np.ndarray:
+    """[B, 4, 4] float64 poses of ``params`` [B, 6] relative to ``frames`` (rotations re-orthonormalised)."""
+    T = np.asarray(jax.vmap(_pose_matrix)(jnp.asarray(params, jnp.float32), *frames), np.float64)
+    U, _, Vt = np.linalg.svd(T[:, :3, :3])
+    T[:, :3, :3] = U @ Vt
+    return T
+
+
+def _perturbations(config: MultiViewConfig, scales: np.ndarray) -> np.ndarray:
+    """[n_starts - 1, B, 6] deterministic random start offsets (turn parameters, translation mm):
+    turns uniform in a ball of ``start_rotation_deg`` (object coordinates), translations in a ball
+    of ``start_translation_mm``."""
     rng = np.random.default_rng(config.seed)
-    n = config.n_starts - 1
+    n, n_bones = config.n_starts - 1, len(scales)
 
-    def ball(size, radius):
+    def ball(radius):
         d = rng.normal(size=(n, n_bones, 3))
         d /= np.linalg.norm(d, axis=-1, keepdims=True)
         r = radius * rng.uniform(size=(n, n_bones, 1)) ** (1.0 / 3.0)
         return d * r
 
-    rot = ball(n, math.radians(config.start_rotation_deg)) * config.radius_mm
-    trans = ball(n, config.start_translation_mm)
-    return np.concatenate([rot, trans], axis=-1)
+    rot = ball(math.radians(config.start_rotation_deg))  # rotation vectors (rad)
+    turn = np.einsum("bij,nbj->nbi", np.linalg.inv(scales), rot)
+    return np.concatenate([turn, ball(config.start_translation_mm)], axis=-1)
 
 
 def _cosine_lr(peak: float, iterations: int, it: int, final_fraction: float = 0.1) -> float:
@@ -734,10 +811,10 @@ def _cosine_lr(peak: float, iterations: int, it: int, final_fraction: float = 0.
     return peak * (final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
-def _level_masks(level, evaluate, params, config) -> tuple:
+def _level_masks(level, evaluate, params, frames, config) -> tuple:
     """Every view's [B, h, w] bone masks at ``params`` (see :func:`_bone_masks`)."""
     ones = tuple(jnp.ones((len(level.affines), h, w), jnp.float32) for h, w in level.shapes)
-    Ls = evaluate(params, level.datas, level.Ps, level.targets, ones)[2]
+    Ls = evaluate(params, frames, level.datas, level.Ps, level.targets, ones)[2]
     return tuple(
         jnp.asarray(
             _bone_masks(np.asarray(L), level.fovs[v], config.mask_threshold, level.margin_px[v]), jnp.float32
@@ -746,28 +823,34 @@ def _level_masks(level, evaluate, params, config) -> tuple:
     )
 
 
-def _run_level(level, params, fns, config, record, start_index):
-    """Optimises one level from ``params``; returns (best params, best loss, iterations, stopped
-    early, masks)."""
+def _run_level(level, poses, geometry, fns, config, record, start_index):
+    """Optimises one level from ``poses`` [B, 4, 4]; returns (best poses, best loss, iterations,
+    stopped early, masks)."""
     step, init_fn, evaluate = fns
     peak = config.learning_rate * math.sqrt(level.factor)
+    frames = _frames(poses, geometry)
+    params = jnp.zeros((len(poses), 6), jnp.float32)
 
-    def masks_for(p, masks):
-        return _level_masks(level, evaluate, p, config)
+    def loss_at(p, masks):
+        return float(evaluate(p, frames, level.datas, level.Ps, level.targets, masks)[0])
 
-    masks = masks_for(params, None)
+    masks = _level_masks(level, evaluate, params, frames, config)
+    update_masks = bool(config.mask_update_every) and level.optimizer == "adam"
     state = init_fn(params)
     best_params = params
-    best = float(evaluate(params, level.datas, level.Ps, level.targets, masks)[0])
+    best = loss_at(params, masks)
     since, stopped = 0, False
     n_run = 0
     for it in range(level.iterations):
-        if config.mask_update_every and it > 0 and it % config.mask_update_every == 0:
+        # L-BFGS's curvature pairs and line search need one fixed function: masks move at Adam levels only.
+        if update_masks and it > 0 and it % config.mask_update_every == 0:
             # The masks follow the bones; the loss changes with them, so restart the comparison.
-            masks = masks_for(best_params, masks)
-            best = float(evaluate(best_params, level.datas, level.Ps, level.targets, masks)[0])
+            masks = _level_masks(level, evaluate, best_params, frames, config)
+            best = loss_at(best_params, masks)
         lr = jnp.asarray(_cosine_lr(peak, level.iterations, it), jnp.float32)
-        new_params, state, value = step(params, state, lr, level.datas, level.Ps, level.targets, masks)
+        new_params, state, value = step(
+            params, state, lr, frames, level.datas, level.Ps, level.targets, masks
+        )
         value = float(value)
         n_run += 1
         if not np.isfinite(value):
@@ -781,56 +864,51 @@ def _run_level(level, params, fns, config, record, start_index):
         if since >= config.patience and it >= level.iterations // 2:
             stopped = True
             break
-    final = float(evaluate(params, level.datas, level.Ps, level.targets, masks)[0])
+    final = loss_at(params, masks)
     if final < best:
         best, best_params = final, params
-    return best_params, best, n_run, stopped, masks
+    return _apply(best_params, frames), best, n_run, stopped, masks
 
 
-def _long_axis(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """Centroid (object mm) and unit principal axis (largest second moment) of a volume's values."""
-    data = np.asarray(volume.data, np.float64)
-    data = data.sum(axis=0) if data.ndim == 4 else data
-    idx = np.argwhere(data > 0.05 * data.max())
-    w = data[tuple(idx.T)]
-    pts = np.c_[idx, np.ones(len(idx))] @ np.asarray(volume.affine, np.float64)[:3].T
-    centroid = (w[:, None] * pts).sum(axis=0) / w.sum()
-    d = pts - centroid
-    _, vectors = np.linalg.eigh((w[:, None] * d).T @ d)
-    return centroid, vectors[:, -1]
-
-
-def _rolled(p, pivot, radius_mm, centroid, axis, angle) -> np.ndarray:
-    """Params ``p`` of a pose turned by ``angle`` (rad) about the object line (centroid, axis)."""
-    T = np.asarray(_to_pose(jnp.asarray(p, jnp.float32), pivot, radius_mm).matrix(), np.float64)
-    M = np.eye(4)
-    M[:3, :3] = np.asarray(so3_exp(np.asarray(axis, np.float64) * angle), np.float64)
-    M[:3, 3] = centroid - M[:3, :3] @ centroid
-    return np.asarray(_params_from_pose(RigidTransform.from_matrix(T @ M, pivot), radius_mm), np.float64)
-
-
-def _roll_search(level, evaluate, masks, params, long_axes, pivots, config) -> jax.Array:
-    """Each bone turned about its long axis to its best similarity (mean over the views) at
-    ``level``: a grid of ``+-roll_search_deg`` at ``roll_step_deg``, then ``+-roll_step_deg`` at a
-    fifth of it around the best angle. The other bones stay put and the masks are fixed. Angle 0 is
-    on both grids, so the search never lowers the similarity it measures."""
-    params = np.asarray(params, np.float64)
+def _roll_search(level, evaluate, poses, geometry, bone_frames, config) -> np.ndarray:
+    """Each bone turned about its long axis (through its centroid) to its best similarity (mean
+    over the views) at ``level``: a grid of ``+-roll_search_deg`` at ``roll_step_deg``, then
+    ``+-roll_step_deg`` at a fifth of it around the best angle. The other bones stay put and the
+    masks are fixed. Angle 0 is on both grids, so the search never lowers the similarity it
+    measures. Returns the poses [B, 4, 4]."""
+    frames = _frames(poses, geometry)
+    params = np.zeros((len(poses), 6))
+    masks = _level_masks(level, evaluate, jnp.asarray(params, jnp.float32), frames, config)
     step, half = math.radians(config.roll_step_deg), math.radians(config.roll_search_deg)
-    for b, (centroid, axis) in enumerate(long_axes):
-        base, best_angle = params[b].copy(), 0.0
+    pivots = np.asarray(geometry[1], np.float64)
+
+    def rolled(b, angle):
+        """Parameters of bone b turned by ``angle`` about its long axis through its centroid."""
+        frame = bone_frames[b]
+        axis = frame.axes[:, -1]
+        R = np.asarray(so3_exp(jnp.asarray(axis * angle, jnp.float32)), np.float64)
+        shift = (np.eye(3) - R) @ (frame.centroid - pivots[b])  # object mm: centroid line, not pivot
+        return np.concatenate(
+            [np.linalg.solve(frame.scale(config, level.optimizer), axis * angle), poses[b, :3, :3] @ shift]
+        )
+
+    for b in range(len(bone_frames)):
+        best_angle = 0.0
         for span, st in ((half, step), (step, step / 5.0)):
             n = int(round(span / st))
             angles = best_angle + st * np.arange(-n, n + 1)
             losses = []
             for angle in angles:
                 trial = params.copy()
-                trial[b] = _rolled(base, pivots[b], config.radius_mm, centroid, axis, angle)
-                sims = np.asarray(evaluate(jnp.asarray(trial, jnp.float32), *level.inputs(), masks)[1])
+                trial[b] = rolled(b, angle)
+                sims = np.asarray(
+                    evaluate(jnp.asarray(trial, jnp.float32), frames, *level.inputs(), masks)[1]
+                )
                 value = 1.0 - float(np.mean(sims[:, b]))
                 losses.append(value if np.isfinite(value) else np.inf)
             best_angle = float(angles[int(np.argmin(losses))])
-        params[b] = _rolled(base, pivots[b], config.radius_mm, centroid, axis, best_angle)
-    return jnp.asarray(params, jnp.float32)
+        params[b] = rolled(b, best_angle)
+    return _apply(params, frames)
 
 
 def register_multiview(
@@ -870,10 +948,6 @@ def register_multiview(
     t0 = time.perf_counter()
     vols = {n: attenuation_volume(v, config.taper_mm) for n, v in vols_in.items()}
     pivots = tuple(tuple(float(c) for c in vols[n].center) for n in names)
-    # Re-express every seed about the volume centre (the optimiser's rotation centre).
-    seeds = [
-        {n: RigidTransform.from_matrix(s[n].matrix(), pivots[i]) for i, n in enumerate(names)} for s in seeds
-    ]
     max_factor = max(f for f, _, _ in config.levels)
     if rois is None:
         rois = _choose_rois(views, vols, seeds, config, max_factor)
@@ -891,13 +965,21 @@ def register_multiview(
                 f"{4 * max_factor}; got {rois}"
             )
     levels = _prepare_levels(views, vols, rois, config)
+    bone_frames = [_bone_frame(vols[n]) for n in names]
+    pivots_mm = jnp.asarray(np.stack([vols[n].center for n in names]), jnp.float32)
 
-    starts = []
-    offsets = _perturbations(config, len(names))
+    def geometry_for(level):
+        """(scales [B, 3, 3], pivots [B, 3]) of a level's turn parameters."""
+        scales = np.stack([f.scale(config, level.optimizer) for f in bone_frames])
+        return jnp.asarray(scales, jnp.float32), pivots_mm
+
+    starts = []  # [B, 4, 4] poses
+    first = levels[0]
+    offsets = _perturbations(config, np.asarray(geometry_for(first)[0], np.float64))
     for s in seeds:
-        base = jnp.stack([_params_from_pose(s[n], config.radius_mm) for n in names])
+        base = np.stack([np.asarray(s[n].matrix(), np.float64) for n in names])
         starts.append(base)
-        starts.extend(base + jnp.asarray(o, jnp.float32) for o in offsets)
+        starts.extend(_apply(o, _frames(base, geometry_for(first))) for o in offsets)
 
     history: list[dict[str, Any]] = []
     n_iter = 0
@@ -906,9 +988,7 @@ def register_multiview(
         return _level_functions(
             config.metric,
             level.affines,
-            pivots,
             level.shapes,
-            config.radius_mm,
             config.step_mm,
             config.backend,
             level.optimizer,
@@ -923,24 +1003,27 @@ def register_multiview(
 
         return record
 
+    zeros = jnp.zeros((len(names), 6), jnp.float32)
     # First level: every start; keep the best.
-    first = levels[0]
     fns = fns_for(first)
     start_losses, start_results, start_histories, start_sims = [], [], [], []
-    for i, p0 in enumerate(starts):
+    for i, pose0 in enumerate(starts):
         buf: list[dict[str, Any]] = []
-        p, loss, n, stopped, masks = _run_level(first, p0, fns, config, record_into(buf), i)
+        poses, loss, n, stopped, masks = _run_level(
+            first, pose0, geometry_for(first), fns, config, record_into(buf), i
+        )
         n_iter += n
         start_losses.append(loss)
-        start_results.append((p, stopped, masks))
+        start_results.append((poses, stopped, masks))
         start_histories.append(buf)
         # Each bone scored where no other bone projects, so that a well-placed neighbour does not
         # lend its edges to a misplaced bone.
         own = tuple(m * (1.0 - (jnp.sum(m, axis=0, keepdims=True) - m > 0)) for m in masks)
-        sims_i = np.asarray(fns[2](p, first.datas, first.Ps, first.targets, own)[1], np.float64)
+        frames = _frames(poses, geometry_for(first))
+        sims_i = np.asarray(fns[2](zeros, frames, first.datas, first.Ps, first.targets, own)[1], np.float64)
         start_sims.append(np.where(np.isfinite(sims_i), sims_i, -np.inf).mean(axis=0))  # [B]
     best_start = int(np.nanargmin(start_losses))
-    params, stopped, masks = start_results[best_start]
+    poses, stopped, masks = start_results[best_start]
     history.extend(dict(r, level=0) for r in start_histories[best_start])
     # Each bone continues from the start where *it* matched best (its mean similarity over the
     # views): the bones' starts need not be good in the same start.
@@ -951,50 +1034,51 @@ def register_multiview(
         own_best = int(np.argmax([s[b] for s in start_sims]))
         better = start_sims[own_best][b] > start_sims[best_start][b] + SWITCH_MARGIN
         bone_starts.append(own_best if better else best_start)
-    if len(starts) > 1:
-        params = jnp.stack([start_results[bone_starts[b]][0][b] for b in range(len(names))])
-    init_params = jnp.stack([starts[bone_starts[b]][b] for b in range(len(names))])
+    poses = np.stack([start_results[bone_starts[b]][0][b] for b in range(len(names))])
+    init_poses = np.stack([starts[bone_starts[b]][b] for b in range(len(names))])
     loss = start_losses[best_start]
     for li, level in enumerate(levels[1:], start=1):
         buf = []
-        params, loss, n, stopped, masks = _run_level(
-            level, params, fns_for(level), config, record_into(buf), best_start
+        poses, loss, n, stopped, masks = _run_level(
+            level, poses, geometry_for(level), fns_for(level), config, record_into(buf), best_start
         )
         n_iter += n
         history.extend(dict(r, level=li) for r in buf)
 
     last = levels[-1]
+    evaluate = fns_for(last)[2]
     if config.roll_search_deg > 0:
-        evaluate = fns_for(last)[2]
-        masks = _level_masks(last, evaluate, params, config)
-        long_axes = [_long_axis(vols[n]) for n in names]
-        params = _roll_search(last, evaluate, masks, params, long_axes, pivots, config)
-        fns = fns_for(last)
+        poses = _roll_search(last, evaluate, poses, geometry_for(last), bone_frames, config)
         if config.roll_refine_iterations:
             buf = []
-            params, loss, n, stopped, masks = _run_level(
+            poses, loss, n, stopped, masks = _run_level(
                 dataclasses.replace(last, iterations=config.roll_refine_iterations),
-                params,
-                fns,
+                poses,
+                geometry_for(last),
+                fns_for(last),
                 config.replace(learning_rate=0.1 * config.learning_rate),  # stay in the valley found
                 record_into(buf),
                 best_start,
             )
             n_iter += n
             history.extend(dict(r, level=len(levels) - 1, roll_refinement=True) for r in buf)
-    evaluate = fns_for(last)[2]
-    masks = _level_masks(last, evaluate, params, config)  # at the final poses (reported similarities)
-    _, sims, Ls = evaluate(params, last.datas, last.Ps, last.targets, masks)
-    _, sims0, _ = evaluate(init_params, last.datas, last.Ps, last.targets, masks)
+    frames = _frames(poses, geometry_for(last))
+    masks = _level_masks(last, evaluate, zeros, frames, config)  # at the final poses (reported similarities)
+    _, sims, Ls = evaluate(zeros, frames, last.datas, last.Ps, last.targets, masks)
+    _, sims0, _ = evaluate(
+        zeros, _frames(init_poses, geometry_for(last)), last.datas, last.Ps, last.targets, masks
+    )
     sims, sims0 = np.asarray(sims, np.float64), np.asarray(sims0, np.float64)
     sim_fn = _similarity(config.metric)
     view_sim = {}
     for v, view in enumerate(views):
         union = jnp.max(masks[v], axis=0)
         view_sim[view.name] = float(sim_fn(Ls[v].sum(axis=0), last.targets[v], union))
-    poses = {n: _to_pose(jnp.asarray(params[i]), pivots[i], config.radius_mm) for i, n in enumerate(names)}
+    result_poses = {
+        n: RigidTransform.from_matrix(jnp.asarray(poses[i]), pivots[i]) for i, n in enumerate(names)
+    }
     return MultiViewResult(
-        poses=poses,
+        poses=result_poses,
         similarity={
             view.name: {n: float(sims[v, b]) for b, n in enumerate(names)} for v, view in enumerate(views)
         },
