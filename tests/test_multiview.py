@@ -211,7 +211,7 @@ def test_bone_frame_of_a_solid_cylinder():
     assert abs(frame.axes[2, -1]) > 0.999, frame.axes  # the long axis is the last one
     expected = [np.sqrt(r**2 / 4 + length**2 / 12)] * 2 + [r / np.sqrt(2)]
     np.testing.assert_allclose(frame.gyration, expected, rtol=h / r)
-    # Turn parameters: Adam levels radians about the object's axes times radius_mm, L-BFGS levels
+    # Turn parameters: Adam levels radians about the world's axes times radius_mm, L-BFGS levels
     # radians about the principal axes times the radius of gyration (rotation_scale="auto").
     config = mv.MultiViewConfig()
     np.testing.assert_allclose(frame.scale(config, "adam"), np.eye(3) / config.radius_mm)

@@ -93,7 +93,8 @@ own, so a radius candidate can sit on the ulna's shadow. `joint_seeds` combines 
 drops the combinations that put two bones in the same place, and the joint registration keeps for each bone
 the start where it matched best. From those seeds alone (README, `bench_wrist.py --against`) the radius lands
 within 0.1 mm of the registration from the manual pose, but the ulna's turn about its own shaft is not found:
-its cross-section is nearly round, and the similarity barely changes with that turn. So the registration
+its cross-section is nearly round, and the similarity changes little with that turn (a search over a full turn
+finds a better match 67 degrees from the manual placement: README, "Real X-rays"). So the registration
 below starts from the documented manual
 override (`tests/data/wrist_0002_seed.json`, the format of `load_initial_poses`: what an Autoscoper
 user places by hand in the first frame), moved by a random 5 mm / 5 degrees as a rough hand placement would be;

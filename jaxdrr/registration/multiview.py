@@ -36,7 +36,7 @@ Model (one place for each step):
 * **Pose parameters.** Each level starts from the current poses (the chart is centred there: no
   rotation-vector singularity near 180 deg) and optimises, per bone, a turn about the volume's
   centre and a translation (world mm). At Adam levels a turn's parameters are radians about the
-  object's axes times ``radius_mm`` (one unit ~ 1 mm at that radius); at L-BFGS levels they are
+  world's axes times ``radius_mm`` (one unit ~ 1 mm at that radius); at L-BFGS levels they are
   radians about the bone's principal axes times its radius of gyration about each, so one unit moves the
   bone's mass about 1 mm whichever the axis: a thin bone's turn about its own shaft (a tiny motion
   per degree, a flat valley) is then as well conditioned as the rest (``rotation_scale``).
@@ -161,7 +161,7 @@ class MultiViewConfig:
         ``learning_rate * sqrt(factor)``, decayed (cosine) to 10 % over the level.
       rotation_scale: ``"gyration"`` (one unit of a turn about a principal axis of the bone is
         ``1 / g`` rad, ``g`` the bone's radius of gyration about that axis), ``"uniform"``
-        (``1 / radius_mm`` rad about each of the object's axes) or ``"auto"``: uniform at Adam levels (Adam moves
+        (``1 / radius_mm`` rad about each of the world's axes) or ``"auto"``: uniform at Adam levels (Adam moves
         every parameter by about its step, so its precision is the step: equal angles), gyration
         at L-BFGS levels (its progress depends on the conditioning: equal curvature, so a thin
         bone's turn about its shaft converges as fast as the rest).
@@ -749,14 +749,18 @@ class _BoneFrame:
     gyration: np.ndarray
 
     def scale(self, config: MultiViewConfig, optimizer: str) -> np.ndarray:
-        """[3, 3]: turn parameters -> rotation vector (object coordinates, rad), for a level
-        optimised with ``optimizer`` (see ``MultiViewConfig.rotation_scale``)."""
-        kind = config.rotation_scale
-        if kind == "auto":
-            kind = "gyration" if optimizer == "lbfgs" else "uniform"
-        if kind == "uniform":
+        """[3, 3]: turn parameters -> rotation vector (rad) for a level optimised with
+        ``optimizer``: about the world's axes for ``"uniform"``, the object's principal axes for
+        ``"gyration"`` (:func:`_rotation_kind`)."""
+        if _rotation_kind(config, optimizer) == "uniform":
             return np.eye(3) / config.radius_mm
         return self.axes / self.gyration
+
+
+def _rotation_kind(config: MultiViewConfig, optimizer: str) -> str:
+    if config.rotation_scale == "auto":
+        return "gyration" if optimizer == "lbfgs" else "uniform"
+    return config.rotation_scale
 
 
 def _bone_frame(volume: Volume) -> _BoneFrame:
@@ -775,8 +779,14 @@ def _bone_frame(volume: Volume) -> _BoneFrame:
 
 
 def _frames(poses: np.ndarray, geometry: tuple) -> tuple:
-    """``frames`` of :func:`_level_functions`: the base poses [B, 4, 4] and the fixed (scales, pivots)."""
-    return (jnp.asarray(poses, jnp.float32),) + geometry
+    """``frames`` of :func:`_level_functions` at the base ``poses`` [B, 4, 4], from ``geometry`` =
+    (scales [B, 3, 3], pivots [B, 3], world): with ``world`` the scales turn about the world's
+    axes (``R0 exp(R0^T w) = exp(w) R0``), else about the object's."""
+    scales, pivots, world = geometry
+    bases = np.asarray(poses, np.float64)
+    if world:
+        scales = np.einsum("bji,bjk->bik", bases[:, :3, :3], scales)
+    return jnp.asarray(bases, jnp.float32), jnp.asarray(scales, jnp.float32), pivots
 
 
 def _apply(params, frames) -> np.ndarray:
@@ -888,9 +898,8 @@ def _roll_search(level, evaluate, poses, geometry, bone_frames, config) -> np.nd
         axis = frame.axes[:, -1]
         R = np.asarray(so3_exp(jnp.asarray(axis * angle, jnp.float32)), np.float64)
         shift = (np.eye(3) - R) @ (frame.centroid - pivots[b])  # object mm: centroid line, not pivot
-        return np.concatenate(
-            [np.linalg.solve(frame.scale(config, level.optimizer), axis * angle), poses[b, :3, :3] @ shift]
-        )
+        scale = np.asarray(frames[1][b], np.float64)  # as the level turns (world or object axes)
+        return np.concatenate([np.linalg.solve(scale, axis * angle), poses[b, :3, :3] @ shift])
 
     for b in range(len(bone_frames)):
         best_angle = 0.0
@@ -969,13 +978,13 @@ def register_multiview(
     pivots_mm = jnp.asarray(np.stack([vols[n].center for n in names]), jnp.float32)
 
     def geometry_for(level):
-        """(scales [B, 3, 3], pivots [B, 3]) of a level's turn parameters."""
+        """(scales [B, 3, 3], pivots [B, 3], world) of a level's turn parameters (:func:`_frames`)."""
         scales = np.stack([f.scale(config, level.optimizer) for f in bone_frames])
-        return jnp.asarray(scales, jnp.float32), pivots_mm
+        return scales, pivots_mm, _rotation_kind(config, level.optimizer) == "uniform"
 
     starts = []  # [B, 4, 4] poses
     first = levels[0]
-    offsets = _perturbations(config, np.asarray(geometry_for(first)[0], np.float64))
+    offsets = _perturbations(config, geometry_for(first)[0])
     for s in seeds:
         base = np.stack([np.asarray(s[n].matrix(), np.float64) for n in names])
         starts.append(base)
