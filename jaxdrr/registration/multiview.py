@@ -984,11 +984,13 @@ def register_multiview(
 
     starts = []  # [B, 4, 4] poses
     first = levels[0]
-    offsets = _perturbations(config, geometry_for(first)[0])
+    first_geometry = geometry_for(first)
+    offsets = _perturbations(config, first_geometry[0])
     for s in seeds:
         base = np.stack([np.asarray(s[n].matrix(), np.float64) for n in names])
         starts.append(base)
-        starts.extend(_apply(o, _frames(base, geometry_for(first))) for o in offsets)
+        frames = _frames(base, first_geometry)
+        starts.extend(_apply(o, frames) for o in offsets)
 
     history: list[dict[str, Any]] = []
     n_iter = 0
@@ -1019,7 +1021,7 @@ def register_multiview(
     for i, pose0 in enumerate(starts):
         buf: list[dict[str, Any]] = []
         poses, loss, n, stopped, masks = _run_level(
-            first, pose0, geometry_for(first), fns, config, record_into(buf), i
+            first, pose0, first_geometry, fns, config, record_into(buf), i
         )
         n_iter += n
         start_losses.append(loss)
@@ -1028,7 +1030,7 @@ def register_multiview(
         # Each bone scored where no other bone projects, so that a well-placed neighbour does not
         # lend its edges to a misplaced bone.
         own = tuple(m * (1.0 - (jnp.sum(m, axis=0, keepdims=True) - m > 0)) for m in masks)
-        frames = _frames(poses, geometry_for(first))
+        frames = _frames(poses, first_geometry)
         sims_i = np.asarray(fns[2](zeros, frames, first.datas, first.Ps, first.targets, own)[1], np.float64)
         start_sims.append(np.where(np.isfinite(sims_i), sims_i, -np.inf).mean(axis=0))  # [B]
     best_start = int(np.nanargmin(start_losses))
