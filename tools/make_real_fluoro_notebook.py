@@ -92,13 +92,12 @@ The automatic search works on 1/8-size frames: each bone gets a few candidates (
 own, so a radius candidate can sit on the ulna's shadow. `joint_seeds` combines them (one candidate per bone),
 drops the combinations that put two bones in the same place, and the joint registration keeps for each bone
 the start where it matched best. From those seeds alone (README, `bench_wrist.py --against`) the radius lands
-within 0.1 mm of the registration from the manual pose, but the ulna's turn about its own shaft is not found:
-its cross-section is nearly round, and the similarity changes little with that turn (a search over a full turn
-finds a better match 67 degrees from the manual placement: README, "Real X-rays"). So the registration
-below starts from the documented manual
-override (`tests/data/wrist_0002_seed.json`, the format of `load_initial_poses`: what an Autoscoper
-user places by hand in the first frame), moved by a random 5 mm / 5 degrees as a rough hand placement would be;
-the printout says how far each automatic candidate is from it.""",
+within 0.2 mm of the registration from the stored pose, but the ulna's turn about its own shaft is not found:
+its cross-section is nearly round, and the similarity changes little with that turn. So the registration
+below starts from a stored pose (`tests/data/wrist_0002_seed.json`, the format of `load_initial_poses`: what an
+Autoscoper user places by hand in the first frame; its ulna is the best turn that a search over a full turn
+found, 67 degrees from our first hand placement: README, "Real X-rays"), moved by a random 5 mm / 5 degrees as
+a rough hand placement would be; the printout says how far each automatic candidate is from it.""",
     ),
     (
         "code",
@@ -126,7 +125,8 @@ config = mv.MultiViewConfig(n_starts=1)""",
         "md",
         """## Joint registration
 Both bones, both views, coarse to fine (pixels 16, 8, 4 and 2 times the frame's: about 2.3, 1.2, 0.6 and 0.3
-mm at the wrist). The similarity of each bone in each view is the gradient correlation between the view's DRR (both
+mm at the wrist; Adam steps, then a few quasi-Newton (L-BFGS) steps at the finest level to settle each bone's
+turn about its own shaft). The similarity of each bone in each view is the gradient correlation between the view's DRR (both
 bones) and `-ln` of the frame, inside that bone's projected outline plus a 4 mm margin: soft tissue, the hand's
 bones and the markers outside it do not count.""",
     ),
@@ -179,7 +179,7 @@ fig, ax = plt.subplots(figsize=(7, 3))
 ax.plot(1 - loss, ".-", ms=3)
 for lv in np.unique(level)[1:]:
     ax.axvline(np.argmax(level == lv) - 0.5, color="gray", lw=0.8)
-ax.set_xlabel("iteration (levels: 1/16, 1/8, 1/4, 1/2 size)")
+ax.set_xlabel("iteration (levels: 1/16, 1/8, 1/4, 1/2 size, then L-BFGS at 1/2)")
 ax.set_ylabel("mean similarity (views x bones)")
 ax.set_title("similarity during the joint registration")
 plt.tight_layout()

@@ -126,7 +126,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=0.0,
         metavar="DEG",
         help="--view: after the last level, turn each bone about its long axis over +-DEG to its best "
-        "similarity, then refine (settles the roll of long bones; 6 on the wrist; 0: off)",
+        "similarity, then refine (a nearly round bone's turn about its shaft; 180 with --roll-step 10 "
+        "searches a full turn; 0: off)",
+    )
+    p.add_argument(
+        "--roll-step",
+        type=float,
+        default=1.5,
+        metavar="DEG",
+        help="--view: grid step of --roll-search (a coarse pass, then one at a fifth of the step)",
     )
     p.add_argument(
         "--out",
@@ -366,6 +374,7 @@ def run_multiview(args) -> int:
     check_positive(args.starts, "--starts", integer=True)
     check_positive(args.step, "--step")
     check_non_negative(args.roll_search, "--roll-search")
+    check_positive(args.roll_step, "--roll-step")
     inputs = [p for pair in views_in for p in pair] + [p for _, p, _ in volumes_in] + [args.init]
     check_output(args.out, "--out", (".json",), inputs=inputs)
     levels = parse_levels(args.levels) if args.levels else mv.MultiViewConfig().levels
@@ -377,6 +386,7 @@ def run_multiview(args) -> int:
         seed=args.seed,
         step_mm=args.step,
         roll_search_deg=args.roll_search,
+        roll_step_deg=args.roll_step,
     )
 
     from jaxdrr.io.frames import read_fluoro_frame
@@ -427,6 +437,7 @@ def run_multiview(args) -> int:
         "lr": lr,
         "starts": config.n_starts,
         "roll_search_deg": config.roll_search_deg,
+        "roll_step_deg": config.roll_step_deg,
     }
     out["total_time_s"] = elapsed
     out_path = make_parent_dir(args.out)
