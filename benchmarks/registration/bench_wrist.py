@@ -30,7 +30,9 @@ No ground-truth poses ship with the data, so the measures are ground-truth free:
    registration uses (attenuation line integrals) and (b) the full-physics DRR (HU -> materials,
    60 kVp spectrum, polyenergetic ``-ln`` transmission; bone-only CT, so no soft tissue).
 
-Raw results go to ``benchmarks/results/wrist_<date>.json`` and an overlay PNG beside it (``--overlay``).
+Raw results go to ``benchmarks/results/wrist_<date>.json`` and an overlay PNG beside it (``--overlay``);
+with the repeatability runs, each bone's best optimum goes to ``<json stem>_best_poses.json`` (an
+``--init`` file).
 ``--quick`` runs everything at a reduced size (3 starts, short levels) to check that the script
 works; its numbers are not the benchmark's.
 """
@@ -49,6 +51,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "autoscoper_wrist"
+# MultiViewConfig fields settable from the command line (--roll-search-deg etc.).
+CONFIG_OPTIONS = ("roll_search_deg", "roll_step_deg", "slide_search_mm", "slide_step_mm", "mask_margin_mm")
 BONES = ("rad", "uln")
 VOXEL_MM = (0.39625, 0.39625, 0.625)
 
@@ -260,26 +264,15 @@ def main(argv=None) -> int:
         "--levels",
         default=None,
         help="coarse-to-fine levels FACTOR:ITERATIONS[:OPTIMIZER],... (default MultiViewConfig's, e.g. "
-        "16:40,8:30,4:25,2:15; OPTIMIZER adam or lbfgs)",
+        "8:30,4:20,2:10,2:10:lbfgs; OPTIMIZER adam or lbfgs)",
     )
-    p.add_argument(
-        "--roll-search-deg",
-        type=float,
-        default=None,
-        help="MultiViewConfig.roll_search_deg (default: the config's)",
-    )
-    p.add_argument(
-        "--roll-step-deg",
-        type=float,
-        default=None,
-        help="MultiViewConfig.roll_step_deg (default: the config's)",
-    )
-    p.add_argument(
-        "--mask-margin-mm",
-        type=float,
-        default=None,
-        help="MultiViewConfig.mask_margin_mm (default: the config's)",
-    )
+    for field in CONFIG_OPTIONS:
+        p.add_argument(
+            "--" + field.replace("_", "-"),
+            type=float,
+            default=None,
+            help=f"MultiViewConfig.{field} (default: the config's)",
+        )
     args = p.parse_args(argv)
 
     from jaxdrr.registration import multiview as mv
@@ -293,12 +286,7 @@ def main(argv=None) -> int:
         from jaxdrr.cli.register import parse_levels  # the CLI's --levels syntax
 
         config = config.replace(levels=parse_levels(args.levels))
-    if args.roll_search_deg is not None:
-        config = config.replace(roll_search_deg=args.roll_search_deg)
-    if args.roll_step_deg is not None:
-        config = config.replace(roll_step_deg=args.roll_step_deg)
-    if args.mask_margin_mm is not None:
-        config = config.replace(mask_margin_mm=args.mask_margin_mm)
+    config = config.replace(**{f: getattr(args, f) for f in CONFIG_OPTIONS if getattr(args, f) is not None})
     if args.quick:
         config = config.replace(levels=((8, 15), (4, 10)))
         n_starts = min(n_starts, 3)
@@ -320,10 +308,8 @@ def main(argv=None) -> int:
             "metric": config.metric,
             "lr": config.learning_rate,
             "multistart": args.multistart,
-            "roll_search_deg": config.roll_search_deg,
-            "roll_step_deg": config.roll_step_deg,
             "roll_refine_iterations": config.roll_refine_iterations,
-            "mask_margin_mm": config.mask_margin_mm,
+            **{f: getattr(config, f) for f in CONFIG_OPTIONS},
         },
     }
 
@@ -368,7 +354,7 @@ def main(argv=None) -> int:
             r = mv.register_multiview(volumes, views, start, search, rois=ref.rois)
             runs.append({"time_s": time.perf_counter() - t, "result": r, "start": start})
             print(f"start {i}: {runs[-1]['time_s']:.1f} s, similarity {r.mean_similarity():.4f}", flush=True)
-        rep = {}
+        rep, anchors = {}, {}
         for b in BONES:
             to_ref = [mv.pose_difference(run["result"].poses[b], poses[b], points[b]) for run in runs]
             # The anchor: the best optimum found for this bone (highest similarity over the views),
@@ -378,6 +364,7 @@ def main(argv=None) -> int:
             candidates = [ref] + [run["result"] for run in runs]
             scores = [float(np.mean([c.similarity[v][b] for v in c.similarity])) for c in candidates]
             anchor = candidates[int(np.argmax(scores))].poses[b]
+            anchors[b] = anchor
             to_anchor = [mv.pose_difference(run["result"].poses[b], anchor, points[b]) for run in runs]
             ok = [i for i, d in enumerate(to_anchor) if d["mean_mm"] < 2.0]
             sp = spread([runs[i]["result"].poses[b] for i in ok], points[b]) if len(ok) > 1 else []
@@ -400,6 +387,12 @@ def main(argv=None) -> int:
                 "to_anchor": to_anchor,
                 "start_offsets": start_d,
             }
+        # The best optimum of each bone, as an --init file (load_initial_poses format).
+        from jaxdrr.registration.initialize import save_initial_poses
+
+        best = out_path.with_name(out_path.stem + "_best_poses.json")
+        save_initial_poses(best, anchors)
+        rep["best_poses"] = str(best)
         times = [run["time_s"] for run in runs]
         rep["time_s"] = times
         rep["median_time_s_excluding_first"] = float(np.median(times[1:])) if len(times) > 1 else None

@@ -192,13 +192,18 @@ class MultiViewConfig:
       roll_step_deg: the search's grid step (a coarse pass, then a pass at a fifth of the step
         around the coarse optimum; both at the last level).
       roll_refine_iterations: last-level iterations after the search.
+      slide_search_mm, slide_step_mm: with ``roll_search_deg > 0``, the search also slides each
+        bone along its long axis over ``+-slide_search_mm`` at ``slide_step_mm`` (a grid of turn x
+        slide, then both at a fifth of their steps around the best; 0: turn only). A cropped
+        shaft that continues in the image changes it only at its ends as it slides.
     """
 
     metric: str = "gncc"
     target: str = "intensity"
-    # Adam (robust far from the optimum) to 1/2 size, then an L-BFGS polish: the Adam levels alone
-    # leave a long bone anywhere along the flat valley of its turn about its shaft (README, "Real X-rays").
-    levels: tuple = ((16, 40, "adam"), (8, 30, "adam"), (4, 25, "adam"), (2, 15, "adam"), (2, 10, "lbfgs"))
+    # Adam (robust far from the optimum) from 1/8 to 1/2 size, then an L-BFGS polish: the Adam levels
+    # alone leave a long bone anywhere along the flat valley of its turn about its shaft, and at 1/16
+    # size two neighbouring shafts blur into one (README, "Real X-rays").
+    levels: tuple = ((8, 30, "adam"), (4, 20, "adam"), (2, 10, "adam"), (2, 10, "lbfgs"))
     optimizer: str = "adam"
     learning_rate: float = 0.5
     rotation_scale: str = "auto"
@@ -220,6 +225,8 @@ class MultiViewConfig:
     roll_search_deg: float = 0.0
     roll_step_deg: float = 1.5
     roll_refine_iterations: int = 10
+    slide_search_mm: float = 0.0
+    slide_step_mm: float = 1.0
 
     def __post_init__(self):
         if self.metric not in MULTIVIEW_METRICS:
@@ -254,6 +261,7 @@ class MultiViewConfig:
             "mask_margin_mm",
             "taper_mm",
             "roll_search_deg",
+            "slide_search_mm",
         ):
             if not getattr(self, name) >= 0:
                 raise JaxdrrError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -263,8 +271,8 @@ class MultiViewConfig:
             raise JaxdrrError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
         if not self.smooth_px >= 0:
             raise JaxdrrError(f"smooth_px must be >= 0, got {self.smooth_px}")
-        if not self.roll_step_deg > 0 or self.roll_refine_iterations < 0:
-            raise JaxdrrError("roll_step_deg must be > 0 and roll_refine_iterations >= 0")
+        if not self.roll_step_deg > 0 or not self.slide_step_mm > 0 or self.roll_refine_iterations < 0:
+            raise JaxdrrError("roll_step_deg and slide_step_mm must be > 0, roll_refine_iterations >= 0")
         if self.mask_update_every < 0 or self.patience < 1:
             raise JaxdrrError("mask_update_every must be >= 0 and patience >= 1")
 
@@ -887,42 +895,53 @@ def _run_level(level, poses, geometry, fns, config, record, start_index):
 
 
 def _roll_search(level, evaluate, poses, geometry, bone_frames, config) -> np.ndarray:
-    """Each bone turned about its long axis (through its centroid) to its best similarity (mean
-    over the views) at ``level``: a grid of ``+-roll_search_deg`` at ``roll_step_deg``, then
-    ``+-roll_step_deg`` at a fifth of it around the best angle. The other bones stay put and the
-    masks are fixed. Angle 0 is on both grids, so the search never lowers the similarity it
-    measures. Returns the poses [B, 4, 4]."""
+    """Each bone turned about its long axis (through its centroid), and slid along it with
+    ``slide_search_mm``, to its best similarity (mean over the views) at ``level``: a grid of
+    ``+-roll_search_deg`` at ``roll_step_deg`` (times ``+-slide_search_mm`` at ``slide_step_mm``),
+    then one step each way at a fifth of the steps around the best. The other bones stay put and
+    the masks are fixed. The current pose is on both grids, so the search never lowers the
+    similarity it measures. Returns the poses [B, 4, 4]."""
     frames = _frames(poses, geometry)
     params = np.zeros((len(poses), 6))
     masks = _level_masks(level, evaluate, jnp.asarray(params, jnp.float32), frames, config)
     step, half = math.radians(config.roll_step_deg), math.radians(config.roll_search_deg)
+    slide_step, slide_half = config.slide_step_mm, config.slide_search_mm
     pivots = np.asarray(geometry[1], np.float64)
 
-    def rolled(b, angle):
-        """Parameters of bone b turned by ``angle`` about its long axis through its centroid."""
+    def moved(b, angle, slide):
+        """Parameters of bone b turned by ``angle`` about its long axis through its centroid and
+        slid by ``slide`` mm along it."""
         frame = bone_frames[b]
         axis = frame.axes[:, -1]
         R = np.asarray(so3_exp(jnp.asarray(axis * angle, jnp.float32)), np.float64)
-        shift = (np.eye(3) - R) @ (frame.centroid - pivots[b])  # object mm: centroid line, not pivot
+        shift = (np.eye(3) - R) @ (frame.centroid - pivots[b]) + slide * axis  # object mm
         scale = np.asarray(frames[1][b], np.float64)  # as the level turns (world or object axes)
         return np.concatenate([np.linalg.solve(scale, axis * angle), poses[b, :3, :3] @ shift])
 
+    def grid(centre, span, st):
+        n = int(round(span / st))
+        return centre + st * np.arange(-n, n + 1)
+
     for b in range(len(bone_frames)):
-        best_angle = 0.0
-        for span, st in ((half, step), (step, step / 5.0)):
-            n = int(round(span / st))
-            angles = best_angle + st * np.arange(-n, n + 1)
+        best = (0.0, 0.0)
+        passes = ((half, step, slide_half, slide_step), (step, step / 5.0, slide_step, slide_step / 5.0))
+        for span, st, slide_span, slide_st in passes:
+            trials = [
+                (a, d)
+                for a in grid(best[0], span, st)
+                for d in (grid(best[1], slide_span, slide_st) if slide_half > 0 else [0.0])
+            ]
             losses = []
-            for angle in angles:
+            for angle, slide in trials:
                 trial = params.copy()
-                trial[b] = rolled(b, angle)
+                trial[b] = moved(b, angle, slide)
                 sims = np.asarray(
                     evaluate(jnp.asarray(trial, jnp.float32), frames, *level.inputs(), masks)[1]
                 )
                 value = 1.0 - float(np.mean(sims[:, b]))
                 losses.append(value if np.isfinite(value) else np.inf)
-            best_angle = float(angles[int(np.argmin(losses))])
-        params[b] = rolled(b, best_angle)
+            best = trials[int(np.argmin(losses))]
+        params[b] = moved(b, *best)
     return _apply(params, frames)
 
 
