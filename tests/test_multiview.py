@@ -359,6 +359,19 @@ def test_cli_multiview_errors_before_work(tmp_path, capsys):
             ["--view", f"{frame}:{calib}", "--volume", f"rad={frame}", "--roll-step", "0", "--out", "p.json"],
             "--roll-step",
         ),
+        (
+            [
+                "--view",
+                f"{frame}:{calib}",
+                "--volume",
+                f"rad={frame}",
+                "--slide-search",
+                "-1",
+                "--out",
+                "p.json",
+            ],
+            "--slide-search",
+        ),
         (["--out", str(tmp_path / "p.json")], "--xray"),
     ]
     for argv, message in cases:

@@ -92,8 +92,8 @@ The automatic search works on 1/8-size frames: each bone gets a few candidates (
 own, so a radius candidate can sit on the ulna's shadow. `joint_seeds` combines them (one candidate per bone),
 drops the combinations that put two bones in the same place, and the joint registration keeps for each bone
 the start where it matched best. From those seeds alone (README, `bench_wrist.py --against`) the radius lands
-near the registration from the stored pose, but the ulna's turn about its own shaft is not found: its
-cross-section is nearly round, and the similarity changes little with that turn. So the registration below
+within 0.1 mm of the registration from the stored pose, but the ulna ends 13 mm from it, where our own hand
+placement had put it (over the radius in camera 1), at a lower similarity. So the registration below
 starts from a stored pose (`tests/data/wrist_0002_seed.json`, the format of `load_initial_poses`: what an
 Autoscoper user places by hand in the first frame; ours is the best optimum that a search over each bone's turn
 about and slide along its shaft found: README, "Real X-rays"), moved by a random 3 mm / 3 degrees as a hand

@@ -137,6 +137,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="--view: grid step of --roll-search (a coarse pass, then one at a fifth of the step)",
     )
     p.add_argument(
+        "--slide-search",
+        type=float,
+        default=0.0,
+        metavar="MM",
+        help="--view, with --roll-search: also slide each bone along its long axis over +-MM (a grid "
+        "of turn x slide at --slide-step; a cropped shaft's place along itself; 0: off)",
+    )
+    p.add_argument(
+        "--slide-step",
+        type=float,
+        default=1.0,
+        metavar="MM",
+        help="--view: grid step of --slide-search",
+    )
+    p.add_argument(
         "--out",
         required=True,
         help="output pose JSON; missing folders are created, an existing file is replaced",
@@ -375,6 +390,8 @@ def run_multiview(args) -> int:
     check_positive(args.step, "--step")
     check_non_negative(args.roll_search, "--roll-search")
     check_positive(args.roll_step, "--roll-step")
+    check_non_negative(args.slide_search, "--slide-search")
+    check_positive(args.slide_step, "--slide-step")
     inputs = [p for pair in views_in for p in pair] + [p for _, p, _ in volumes_in] + [args.init]
     check_output(args.out, "--out", (".json",), inputs=inputs)
     levels = parse_levels(args.levels) if args.levels else mv.MultiViewConfig().levels
@@ -387,6 +404,8 @@ def run_multiview(args) -> int:
         step_mm=args.step,
         roll_search_deg=args.roll_search,
         roll_step_deg=args.roll_step,
+        slide_search_mm=args.slide_search,
+        slide_step_mm=args.slide_step,
     )
 
     from jaxdrr.io.frames import read_fluoro_frame
@@ -438,6 +457,8 @@ def run_multiview(args) -> int:
         "starts": config.n_starts,
         "roll_search_deg": config.roll_search_deg,
         "roll_step_deg": config.roll_step_deg,
+        "slide_search_mm": config.slide_search_mm,
+        "slide_step_mm": config.slide_step_mm,
     }
     out["total_time_s"] = elapsed
     out_path = make_parent_dir(args.out)
