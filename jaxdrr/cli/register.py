@@ -132,9 +132,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--roll-step",
         type=float,
-        default=1.5,
+        default=None,
         metavar="DEG",
-        help="--view: grid step of --roll-search (a coarse pass, then one at a fifth of the step)",
+        help="--view: grid step of --roll-search (a coarse pass, then one at a fifth of the step; "
+        "default: MultiViewConfig's)",
     )
     p.add_argument(
         "--slide-search",
@@ -147,9 +148,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--slide-step",
         type=float,
-        default=1.0,
+        default=None,
         metavar="MM",
-        help="--view: grid step of --slide-search",
+        help="--view: grid step of --slide-search (default: MultiViewConfig's)",
     )
     p.add_argument(
         "--out",
@@ -403,9 +404,13 @@ def run_multiview(args) -> int:
         seed=args.seed,
         step_mm=args.step,
         roll_search_deg=args.roll_search,
-        roll_step_deg=args.roll_step,
         slide_search_mm=args.slide_search,
-        slide_step_mm=args.slide_step,
+        # Grid steps left out keep MultiViewConfig's defaults (one place for them).
+        **{
+            name: value
+            for name, value in (("roll_step_deg", args.roll_step), ("slide_step_mm", args.slide_step))
+            if value is not None
+        },
     )
 
     from jaxdrr.io.frames import read_fluoro_frame
