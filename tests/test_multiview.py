@@ -258,6 +258,11 @@ def test_lbfgs_level_turns_a_bone_back_about_its_shaft(cameras, bones):
     result = mv.register_multiview(vols, views, start, _config(levels=((1, 15, "lbfgs"),)))
     err = _errors(result, truth, vols)["a"]
     assert err["rotation_deg"] < 0.3 and err["max_mm"] < 0.1, err
+    # A level shorter than 2 x patience converges when its last third stops improving (the tracking
+    # flag "not_converged" was always set by the default levels' 10-iteration polish).
+    assert result.converged
+    short = mv.register_multiview(vols, views, start, _config(levels=((1, 2, "lbfgs"),)))
+    assert not short.converged  # 2 iterations from a 4 deg start are still improving
 
 
 def test_tracking_synthetic_sequence(cameras, bones):

@@ -22,9 +22,11 @@ No ground-truth poses ship with the data, so the measures are ground-truth free:
 3. **Speed.** The wall time of those registrations (compiled: the first start is excluded and
    reported apart). Target: <= 10 s for biplanar two-bone registration from 10 deg / 10 mm.
 4. **Biplanar consistency.** Each camera alone (both bones, from the reference pose perturbed by
-   2 deg / 2 mm) vs the joint reference, in that camera's frame: in-plane = translation across
+   2 deg / 2 mm, one start) vs the joint reference, in that camera's frame: in-plane = translation across
    the ray and rotation about the ray; out-of-plane = translation along the ray (depth) and
-   rotation about the two axes across it. Target for in-plane: <= 0.5 mm / 0.5 deg.
+   rotation about the two axes across it. Target for in-plane: <= 0.5 mm / 0.5 deg. Each view's
+   similarity at the single-view result and at the joint pose tells a local optimum of the single
+   view (lower than the joint pose's) from a disagreement between the views (higher).
 5. **Realism.** At the reference pose, the similarity (gradient NCC and NCC inside the bones'
    masks) of the real frame's ``-ln`` to (a) the mono-energetic single-material DRR the
    registration uses (attenuation line integrals) and (b) the full-physics DRR (HU -> materials,
@@ -57,28 +59,31 @@ BONES = ("rad", "uln")
 VOXEL_MM = (0.39625, 0.39625, 0.625)
 
 
-def load(downsample: int = 1):
+def load(downsample: int = 1, frame: str = "0002", frames_dir: Path | None = None):
+    """Views (both cameras' ``frame`` from ``frames_dir``, default frame 0002's folder), the frames,
+    the projection matrices and the bones' volumes, at 1 / ``downsample`` of the frames' size."""
     from jaxdrr.io.frames import read_fluoro_frame
     from jaxdrr.io.mayacam import projection_from_mayacam, read_mayacam
     from jaxdrr.io.tiff_stack import read_tiff_volume
     from jaxdrr.registration import multiview as mv
 
+    frames_dir = DATA / "frames" if frames_dir is None else Path(frames_dir)
     views, frames, Ps = [], [], []
     for cam in (1, 2):
-        frame = read_fluoro_frame(
-            DATA / "frames" / f"xr_rad_uln_cam0{cam}_UND.0002.tif", downsample=downsample
+        frame_data = read_fluoro_frame(
+            frames_dir / f"xr_rad_uln_cam0{cam}_UND.{frame}.tif", downsample=downsample
         )
         P = projection_from_mayacam(
             read_mayacam(DATA / "Calibration" / f"xr_calib_wrist_cam0{cam}.txt"), image_scale=1.0 / downsample
         )
-        frames.append(frame)
+        frames.append(frame_data)
         Ps.append(P)
-        views.append(mv.View(P, frame.image, frame.mask, f"cam{cam}"))
+        views.append(mv.View(P, frame_data.image, frame_data.mask, f"cam{cam}"))
     volumes = {b: read_tiff_volume(DATA / "Models" / f"{b}_dcm_cropped.tif", VOXEL_MM) for b in BONES}
     return views, frames, Ps, volumes
 
 
-def initial_poses(volumes, init_path, config):
+def initial_poses(volumes, init_path, config, frame: str = "0002", frames_dir: Path | None = None):
     """Seeds: the --init file, else the automatic search (every combination of the bones'
     candidates that keeps the bones apart, as multiple starts of one joint registration)."""
     from jaxdrr.registration.initialize import initialize_bone, joint_seeds, limb_axis_3d, load_initial_poses
@@ -86,7 +91,7 @@ def initial_poses(volumes, init_path, config):
     if init_path:
         poses = load_initial_poses(init_path)
         return {b: poses[b] for b in BONES}, {"source": str(init_path)}
-    _, frames8, Ps8, _ = load(8)
+    _, frames8, Ps8, _ = load(8, frame, frames_dir)
     axis = limb_axis_3d(frames8, Ps8)
     cands = {b: initialize_bone(volumes[b], frames8, Ps8, name=b, axis=axis) for b in BONES}
     seeds = joint_seeds({b: volumes[b] for b in BONES}, cands)
@@ -240,6 +245,123 @@ def save_overlay(volumes, poses, views, path, factor=2):
     Image.fromarray((np.clip(np.concatenate(panels, axis=1), 0, 1) * 255).astype(np.uint8)).save(path)
 
 
+def repeatability(volumes, views, ref, search, n_starts, points, seed=0):
+    """``n_starts`` joint registrations (config ``search``) from random starts 10 deg / 10 mm around
+    ``ref``'s poses; per bone: converged (within 2 mm of the best optimum found) and their spread.
+
+    Returns:
+      (report dict, ``{bone: best optimum}``).
+    """
+    from jaxdrr.registration import multiview as mv
+
+    poses = ref.poses
+    rng = np.random.default_rng(seed)
+    runs = []
+    for i in range(n_starts):
+        start = {b: random_start(poses[b], rng, 10.0, 10.0) for b in BONES}
+        t = time.perf_counter()
+        r = mv.register_multiview(volumes, views, start, search, rois=ref.rois)
+        runs.append({"time_s": time.perf_counter() - t, "result": r, "start": start})
+        print(f"start {i}: {runs[-1]['time_s']:.1f} s, similarity {r.mean_similarity():.4f}", flush=True)
+    rep, anchors = {}, {}
+    for b in BONES:
+        to_ref = [mv.pose_difference(run["result"].poses[b], poses[b], points[b]) for run in runs]
+        # The anchor: the best optimum found for this bone (highest similarity over the views),
+        # among the reference and the runs. The reference is a fixed point of the registration
+        # from the seed, not necessarily the best optimum (the ulna's was ~5 mm from one that
+        # every random start found, with a higher similarity).
+        candidates = [ref] + [run["result"] for run in runs]
+        scores = [float(np.mean([c.similarity[v][b] for v in c.similarity])) for c in candidates]
+        anchor = candidates[int(np.argmax(scores))].poses[b]
+        anchors[b] = anchor
+        to_anchor = [mv.pose_difference(run["result"].poses[b], anchor, points[b]) for run in runs]
+        ok = [i for i, d in enumerate(to_anchor) if d["mean_mm"] < 2.0]
+        sp = spread([runs[i]["result"].poses[b] for i in ok], points[b]) if len(ok) > 1 else []
+        start_d = [mv.pose_difference(run["start"][b], poses[b], points[b]) for run in runs]
+        rep[b] = {
+            "n_starts": len(runs),
+            "n_converged_within_2mm": len(ok),
+            "spread_mean_mm": [s[0] for s in sp],
+            "spread_rotation_deg": [s[1] for s in sp],
+            "max_spread_mm": max((s[0] for s in sp), default=None),
+            "max_spread_deg": max((s[1] for s in sp), default=None),
+            "rms_spread_mm": float(np.sqrt(np.mean([s[0] ** 2 for s in sp]))) if sp else None,
+            "rms_spread_deg": float(np.sqrt(np.mean([s[1] ** 2 for s in sp]))) if sp else None,
+            "to_reference": to_ref,
+            "anchor": "reference" if int(np.argmax(scores)) == 0 else f"start {int(np.argmax(scores)) - 1}",
+            "anchor_similarity": max(scores),
+            "reference_similarity": scores[0],
+            "to_anchor": to_anchor,
+            "start_offsets": start_d,
+        }
+    times = [run["time_s"] for run in runs]
+    rep["time_s"] = times
+    rep["median_time_s_excluding_first"] = float(np.median(times[1:])) if len(times) > 1 else None
+    rep["similarities"] = [run["result"].similarity for run in runs]
+    rep["converged"] = [run["result"].converged for run in runs]
+    for b in BONES:
+        print(
+            f"{b}: {rep[b]['n_converged_within_2mm']}/{len(runs)} within 2 mm of the best optimum "
+            f"({rep[b]['anchor']}, similarity {rep[b]['anchor_similarity']:.4f}; reference "
+            f"{rep[b]['reference_similarity']:.4f}); spread max "
+            f"{rep[b]['max_spread_mm']} mm, {rep[b]['max_spread_deg']} deg"
+        )
+    print(f"median time {rep['median_time_s_excluding_first']} s (first {times[0]:.1f} s)")
+    return rep, anchors
+
+
+def consistency(volumes, views, poses, config, points, seed=1):
+    """Each camera alone (both bones, settings ``config``) from the joint ``poses`` perturbed by
+    2 deg / 2 mm, against ``poses``, in that camera's frame; with the view's similarity at both
+    poses (each measured with its own masks): a single-view result whose similarity is lower
+    than the joint pose's stopped in a local optimum of its own view."""
+    from jaxdrr.registration import multiview as mv
+
+    rng = np.random.default_rng(seed)
+    cons = {}
+    start = {b: random_start(poses[b], rng, 2.0, 2.0) for b in BONES}
+    for view in views:
+        r = mv.register_multiview(volumes, [view], start, config)
+        # The joint poses' similarity in this view, measured as the result's (a last level of no
+        # iterations, in the result's crop, masks dilated by mask_margin_mm: no start spread).
+        at_joint = mv.register_multiview(
+            volumes,
+            [view],
+            poses,
+            config.replace(
+                n_starts=1,
+                levels=(config.levels[-1][:1] + (0,),),
+                roll_search_deg=0.0,
+                start_translation_mm=0.0,
+            ),
+            rois=r.rois,
+        )
+        cons[view.name] = {b: camera_frame_difference(view.P, r.poses[b], poses[b], points[b]) for b in BONES}
+        cons[view.name]["similarity"] = r.similarity
+        cons[view.name]["similarity_at_joint_pose"] = at_joint.similarity
+        print(
+            f"{view.name} alone vs joint: "
+            + "; ".join(
+                f"{b} in-plane {cons[view.name][b]['in_plane_translation_mm']:.2f} mm "
+                f"{cons[view.name][b]['in_plane_rotation_deg']:.2f} deg, depth "
+                f"{cons[view.name][b]['out_of_plane_translation_mm']:.2f} mm, similarity "
+                f"{r.similarity[view.name][b]:.4f} (joint pose {at_joint.similarity[view.name][b]:.4f})"
+                for b in BONES
+            ),
+            flush=True,
+        )
+    return cons
+
+
+def write_report(path: Path, report: dict) -> None:
+    """The result JSON, written atomically."""
+    from jaxdrr.atomic import write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, report, indent=1)
+    print(f"-> {path}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--starts", type=int, default=20)
@@ -346,98 +468,23 @@ def main(argv=None) -> int:
             )
 
     if "repeatability" not in args.skip:
-        rng = np.random.default_rng(0)
-        runs = []
-        for i in range(n_starts):
-            start = {b: random_start(poses[b], rng, 10.0, 10.0) for b in BONES}
-            t = time.perf_counter()
-            r = mv.register_multiview(volumes, views, start, search, rois=ref.rois)
-            runs.append({"time_s": time.perf_counter() - t, "result": r, "start": start})
-            print(f"start {i}: {runs[-1]['time_s']:.1f} s, similarity {r.mean_similarity():.4f}", flush=True)
-        rep, anchors = {}, {}
-        for b in BONES:
-            to_ref = [mv.pose_difference(run["result"].poses[b], poses[b], points[b]) for run in runs]
-            # The anchor: the best optimum found for this bone (highest similarity over the views),
-            # among the reference and the runs. The reference is a fixed point of the registration
-            # from the seed, not necessarily the best optimum (the ulna's was ~5 mm from one that
-            # every random start found, with a higher similarity).
-            candidates = [ref] + [run["result"] for run in runs]
-            scores = [float(np.mean([c.similarity[v][b] for v in c.similarity])) for c in candidates]
-            anchor = candidates[int(np.argmax(scores))].poses[b]
-            anchors[b] = anchor
-            to_anchor = [mv.pose_difference(run["result"].poses[b], anchor, points[b]) for run in runs]
-            ok = [i for i, d in enumerate(to_anchor) if d["mean_mm"] < 2.0]
-            sp = spread([runs[i]["result"].poses[b] for i in ok], points[b]) if len(ok) > 1 else []
-            start_d = [mv.pose_difference(run["start"][b], poses[b], points[b]) for run in runs]
-            rep[b] = {
-                "n_starts": len(runs),
-                "n_converged_within_2mm": len(ok),
-                "spread_mean_mm": [s[0] for s in sp],
-                "spread_rotation_deg": [s[1] for s in sp],
-                "max_spread_mm": max((s[0] for s in sp), default=None),
-                "max_spread_deg": max((s[1] for s in sp), default=None),
-                "rms_spread_mm": float(np.sqrt(np.mean([s[0] ** 2 for s in sp]))) if sp else None,
-                "rms_spread_deg": float(np.sqrt(np.mean([s[1] ** 2 for s in sp]))) if sp else None,
-                "to_reference": to_ref,
-                "anchor": "reference"
-                if int(np.argmax(scores)) == 0
-                else f"start {int(np.argmax(scores)) - 1}",
-                "anchor_similarity": max(scores),
-                "reference_similarity": scores[0],
-                "to_anchor": to_anchor,
-                "start_offsets": start_d,
-            }
+        rep, anchors = repeatability(volumes, views, ref, search, n_starts, points)
         # The best optimum of each bone, as an --init file (load_initial_poses format).
         from jaxdrr.registration.initialize import save_initial_poses
 
         best = out_path.with_name(out_path.stem + "_best_poses.json")
         save_initial_poses(best, anchors)
         rep["best_poses"] = str(best)
-        times = [run["time_s"] for run in runs]
-        rep["time_s"] = times
-        rep["median_time_s_excluding_first"] = float(np.median(times[1:])) if len(times) > 1 else None
-        rep["similarities"] = [run["result"].similarity for run in runs]
-        rep["converged"] = [run["result"].converged for run in runs]
         report["repeatability"] = rep
-        for b in BONES:
-            print(
-                f"{b}: {rep[b]['n_converged_within_2mm']}/{len(runs)} within 2 mm of the best optimum "
-                f"({rep[b]['anchor']}, similarity {rep[b]['anchor_similarity']:.4f}; reference "
-                f"{rep[b]['reference_similarity']:.4f}); spread max "
-                f"{rep[b]['max_spread_mm']} mm, {rep[b]['max_spread_deg']} deg"
-            )
-        print(f"median time {rep['median_time_s_excluding_first']} s (first {times[0]:.1f} s)")
 
     if "consistency" not in args.skip:
-        rng = np.random.default_rng(1)
-        cons = {}
-        start = {b: random_start(poses[b], rng, 2.0, 2.0) for b in BONES}
-        for view in views:
-            r = mv.register_multiview(volumes, [view], start, config)
-            cons[view.name] = {
-                b: camera_frame_difference(view.P, r.poses[b], poses[b], points[b]) for b in BONES
-            }
-            cons[view.name]["similarity"] = r.similarity
-            print(
-                f"{view.name} alone vs joint: "
-                + "; ".join(
-                    f"{b} in-plane {cons[view.name][b]['in_plane_translation_mm']:.2f} mm "
-                    f"{cons[view.name][b]['in_plane_rotation_deg']:.2f} deg, depth "
-                    f"{cons[view.name][b]['out_of_plane_translation_mm']:.2f} mm"
-                    for b in BONES
-                )
-            )
-        report["consistency"] = cons
+        report["consistency"] = consistency(volumes, views, poses, config, points)
 
     if "realism" not in args.skip:
         report["realism"] = realism(volumes, poses, views, ref.rois)
         print("realism", report["realism"])
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    from jaxdrr.atomic import write_json
-
-    write_json(out_path, report, indent=1)
-    print(f"-> {out_path}")
+    write_report(out_path, report)
     return 0
 
 

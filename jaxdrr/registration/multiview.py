@@ -182,7 +182,8 @@ class MultiViewConfig:
       taper_mm: attenuation fade towards faces of the volume that cut the bone (0: none).
       step_mm: ray-march step (None: the projector's default, half the smallest voxel).
       patience, tol: a level stops after ``patience`` iterations without a loss improvement
-        larger than ``tol``; the registration counts as converged when the last level did.
+        larger than ``tol``; the registration counts as converged when the last level's loss stopped
+        improving (for ``patience`` iterations, or the last third of a shorter level).
       backend: projector backend (:func:`jaxdrr.ops.project`).
       roll_search_deg: after the last level, each bone is turned about its own long axis (the
         principal axis of its attenuation, through its centroid) over ``+-roll_search_deg`` and
@@ -297,7 +298,8 @@ class MultiViewResult:
       bone_starts: ``{bone: start}``: each bone continues from the jointly best start, or from the
         start where it alone matched clearly better (mean similarity over the views, on the pixels
         no other bone covers, higher by more than ``SWITCH_MARGIN``).
-      converged: the last level stopped on its own (no improvement > ``tol`` for ``patience``).
+      converged: the last level's loss stopped improving (no improvement > ``tol`` for ``patience``
+        iterations, or for the last third of a level shorter than ``2 * patience``).
       n_iterations: iterations run (all starts and levels).
       time_s: wall time (includes compilation on a cold cache).
       rois: ``{view: (x0, y0, width, height)}`` crop of each view in image pixels.
@@ -849,7 +851,8 @@ def _level_masks(level, evaluate, params, frames, config) -> tuple:
 
 def _run_level(level, poses, geometry, fns, config, record, start_index):
     """Optimises one level from ``poses`` [B, 4, 4]; returns (best poses, best loss, iterations,
-    stopped early, masks)."""
+    converged, masks): converged = no improvement larger than ``tol`` for ``patience`` iterations,
+    or for the last third (at least 2 iterations) of a level shorter than ``2 * patience``."""
     step, init_fn, evaluate = fns
     peak = config.learning_rate * math.sqrt(level.factor)
     frames = _frames(poses, geometry)
@@ -891,6 +894,9 @@ def _run_level(level, poses, geometry, fns, config, record, start_index):
     final = loss_at(params, masks)
     if final < best:
         best, best_params = final, params
+    # A level shorter than 2 * patience (the L-BFGS polish: 10 iterations) never stops early: it has
+    # converged when its last third (at least 2 iterations) brought no improvement larger than tol.
+    stopped = stopped or (n_run == level.iterations and since >= min(config.patience, max(2, n_run // 3)))
     return _apply(best_params, frames), best, n_run, stopped, masks
 
 
