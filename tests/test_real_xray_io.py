@@ -22,7 +22,7 @@ import pytest
 import scipy.ndimage as ndi
 from PIL import Image
 
-from jaxdrr.errors import LoadError
+from jaxdrr.errors import JaxdrrError, LoadError
 from jaxdrr.io.frames import detect_fov_circle, downsample_image, read_fluoro_frame
 from jaxdrr.io.mayacam import parse_mayacam, projection_from_mayacam, read_mayacam, triangulate
 from jaxdrr.io.tiff_stack import AUTOSCOPER_WRIST_VOXEL_MM, principal_axes, read_tiff_volume
@@ -424,3 +424,18 @@ def test_joint_seeds_drop_bones_in_the_same_place_and_order_by_score():
         joint_seeds(vols, {"a": cands["a"], "b": []})
     with pytest.raises(JaxdrrError, match="same bones"):
         joint_seeds(vols, {"a": cands["a"]})
+
+
+def test_distinct_peaks_keep_a_second_place_apart_from_the_best():
+    """Per orientation the search keeps several translations: the best and the next ones at least
+    ``distinct_mm`` away (a bone's own place can be the second peak, after its neighbour's shadow)."""
+    from jaxdrr.registration.initialize import InitConfig, _distinct_peaks
+
+    points = np.array([[0.0, 0, 0], [1.0, 0, 0], [10.0, 0, 0], [20.0, 0, 0], [10.5, 0, 0]])
+    scores = np.array([0.9, 0.85, 0.7, 0.1, 0.8])
+    assert _distinct_peaks(scores, points, 2, 6.0) == [0, 4]  # 1 is within 6 mm of 0
+    assert _distinct_peaks(scores, points, 3, 6.0) == [0, 4, 3]  # 2 is within 6 mm of 4
+    assert _distinct_peaks(scores, points, 9, 6.0) == [0, 4, 3]  # no more distinct points
+    assert _distinct_peaks(scores, points, 1, 6.0) == [0]
+    with pytest.raises(JaxdrrError, match="peaks_per_orientation"):
+        InitConfig(peaks_per_orientation=0)

@@ -23,11 +23,12 @@ the first frame), so this module finds starting poses without a human, in three 
    FFT, inside the FOV mask): a 3D translation ``delta`` near the axis shifts the bone's image in
    view ``v`` by ``proj_v(c0 + delta) - proj_v(c0)`` (the shape change with depth is < 3 % over
    the search range at ~1 m), so a 3D grid of translations is scored by looking the shifts up in
-   every view's correlation map and summing. The best translation of each orientation is kept;
-   the ``top_k`` best, mutually distinct (``distinct_deg``, ``distinct_mm``) candidates are
-   re-scored with a DRR rendered at their exact pose (gradient correlation inside the FOV mask and
-   a band around the bone, :func:`jaxdrr.registration.metrics.gradient_ncc`) and returned as
-   multi-start seeds for the optimiser.
+   every view's correlation map and summing. The ``peaks_per_orientation`` best translations of
+   each orientation, ``distinct_mm`` apart, are kept (a long bone's best shift can put it on its
+   neighbour's shadow, with its own place the second peak); the ``rescored`` best, mutually
+   distinct (``distinct_deg``, ``distinct_mm``) candidates are re-scored with a DRR rendered at
+   their exact pose (gradient correlation inside the FOV mask and a band around the bone, :func:`jaxdrr.registration.metrics.gradient_ncc`) and the ``top_k``
+   best returned as multi-start seeds for the optimiser.
 
 4. **Joint seeds** (:func:`joint_seeds`). Each bone is searched on its own, and radius and ulna
    lie side by side on the same forearm axis, so a bone's candidate can sit on its neighbour's
@@ -89,6 +90,10 @@ class InitConfig:
       lateral_range_mm: translations across the axis searched within +-this (each direction).
       translation_step_mm: grid step of the translation search.
       top_k: number of candidates returned.
+      peaks_per_orientation: translations kept per orientation (the best ones at least
+        ``distinct_mm`` apart): a long bone's best shift can be onto its neighbour's shadow, with its
+        own place the second peak.
+      rescored: distinct candidates re-scored with an exact DRR (the best ``top_k`` are returned).
       distinct_deg, distinct_mm: two candidates closer than both of these are the same seed.
       threshold_hu: voxels above this define the bone's principal axes.
       step_mm: ray-marching step of the search DRRs.
@@ -101,10 +106,19 @@ class InitConfig:
     lateral_range_mm: float = 30.0
     translation_step_mm: float = 1.5
     top_k: int = 5
+    peaks_per_orientation: int = 3
+    rescored: int = 15
     distinct_deg: float = 20.0
     distinct_mm: float = 6.0
     threshold_hu: float = 200.0
     step_mm: float = 1.0
+
+    def __post_init__(self):
+        if self.top_k < 1 or self.peaks_per_orientation < 1 or self.rescored < 1:
+            raise JaxdrrError(
+                f"top_k, peaks_per_orientation and rescored must be >= 1, got {self.top_k}, "
+                f"{self.peaks_per_orientation}, {self.rescored}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,8 +457,8 @@ def initialize_bone(
                 for v, sh in zip(views, shifts, strict=True):
                     drr = _render(density, affine, v.P @ T, v.shape, config.step_mm)
                     total += _shift_scores(drr, v, sh)
-                k = int(np.argmax(total))
-                results.append((total[k] / len(views), R, deltas[k], flip, ang, (tilt, phi)))
+                for k in _distinct_peaks(total, deltas, config.peaks_per_orientation, config.distinct_mm):
+                    results.append((total[k] / len(views), R, deltas[k], flip, ang, (tilt, phi)))
 
     results.sort(key=lambda r: -r[0])
     chosen = []
@@ -459,7 +473,7 @@ def initialize_bone(
                 break
         if not same:
             chosen.append(res)
-        if len(chosen) >= 2 * config.top_k:
+        if len(chosen) >= max(config.rescored, config.top_k):
             break
 
     candidates = []
@@ -482,6 +496,21 @@ def initialize_bone(
         )
     candidates.sort(key=lambda c: -c.score)
     return candidates[: config.top_k]
+
+
+def _distinct_peaks(scores: np.ndarray, points: np.ndarray, n: int, min_distance: float) -> list[int]:
+    """Indices of up to ``n`` highest ``scores`` whose ``points`` [N, 3] are at least
+    ``min_distance`` apart, best first (searched among the 64 * n best)."""
+    pool = min(len(scores), 64 * n)
+    order = np.argpartition(-scores, pool - 1)[:pool]
+    order = order[np.argsort(-scores[order])]
+    kept: list[int] = []
+    for i in order:
+        if all(np.linalg.norm(points[i] - points[j]) >= min_distance for j in kept):
+            kept.append(int(i))
+            if len(kept) == n:
+                break
+    return kept
 
 
 def _shift_scores(drr: np.ndarray, view: _View, shifts: np.ndarray) -> np.ndarray:
