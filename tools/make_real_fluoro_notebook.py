@@ -41,7 +41,7 @@ from jaxdrr.io.frames import read_fluoro_frame
 from jaxdrr.io.mayacam import projection_from_mayacam, read_mayacam
 from jaxdrr.io.tiff_stack import read_tiff_volume
 from jaxdrr.registration import multiview as mv
-from jaxdrr.registration.initialize import initialize_bone, joint_seeds, limb_axis_3d, load_initial_poses
+from jaxdrr.registration.initialize import initialize_bones, joint_seeds, load_initial_poses
 from jaxdrr.registration.tool_pose import perturb_tool_pose
 
 import jaxdrr
@@ -108,8 +108,7 @@ small = [read_fluoro_frame(DATA / "frames" / f"xr_rad_uln_cam0{c}_UND.0002.tif",
 Ps_small = [projection_from_mayacam(read_mayacam(DATA / "Calibration" / f"xr_calib_wrist_cam0{c}.txt"),
                                     image_scale=1 / k) for c in (1, 2)]
 t0 = time.perf_counter()
-axis = limb_axis_3d(small, Ps_small)
-candidates = {b: initialize_bone(vol, small, Ps_small, name=b, axis=axis) for b, vol in volumes.items()}
+candidates = initialize_bones(volumes, small, Ps_small)
 joint = joint_seeds(volumes, candidates)
 print(f"automatic search: {time.perf_counter() - t0:.1f} s; {len(joint)} joint seeds of "
       f"{np.prod([len(c) for c in candidates.values()])} combinations keep the bones apart")

@@ -3,6 +3,8 @@
     python benchmarks/registration/bench_wrist.py [--starts 20] [--quick] [--init POSES.json]
     python benchmarks/registration/bench_wrist.py --skip repeatability consistency realism \
         --against benchmarks/results/wrist_2026-12-07.json      # the automatic initialisation alone
+    python benchmarks/registration/bench_wrist.py --skip repeatability consistency realism \
+        --strap 2:45:1.5 --against ...                          # the same, a strap at camera 2's rim
 
 No ground-truth poses ship with the data, so the measures are ground-truth free:
 
@@ -59,9 +61,28 @@ BONES = ("rad", "uln")
 VOXEL_MM = (0.39625, 0.39625, 0.625)
 
 
-def load(downsample: int = 1, frame: str = "0002", frames_dir: Path | None = None):
+def strapped(frame, angle_deg: float, strength: float):
+    """``frame`` with a synthetic strap: an absorber of Gaussian profile (``strength`` in ``-ln``
+    units on its centre line, sigma 8 % of the FOV radius) entering the field of view from its rim
+    at ``angle_deg`` (0 = right, 90 = up) and reaching to 0.45 FOV radii from the centre. Fingers,
+    a hand or a strap at the rim, stronger than the forearm's entry: a check of the automatic
+    initialisation's limb-axis hypotheses (``--strap``)."""
+    import dataclasses
+
+    cx, cy, r = frame.fov
+    y, x = np.indices(frame.shape, dtype=np.float64)
+    c, s = math.cos(math.radians(angle_deg)), -math.sin(math.radians(angle_deg))  # outwards, rows down
+    inward_limit = (x - cx) * c + (y - cy) * s > 0.45 * r
+    profile = np.exp(-0.5 * ((-(x - cx) * s + (y - cy) * c) / (0.08 * r)) ** 2)
+    return dataclasses.replace(
+        frame, image=(frame.image * np.exp(-strength * profile * inward_limit)).astype(np.float32)
+    )
+
+
+def load(downsample: int = 1, frame: str = "0002", frames_dir: Path | None = None, straps=()):
     """Views (both cameras' ``frame`` from ``frames_dir``, default frame 0002's folder), the frames,
-    the projection matrices and the bones' volumes, at 1 / ``downsample`` of the frames' size."""
+    the projection matrices and the bones' volumes, at 1 / ``downsample`` of the frames' size.
+    ``straps``: (camera, angle_deg, strength) of synthetic straps (:func:`strapped`)."""
     from jaxdrr.io.frames import read_fluoro_frame
     from jaxdrr.io.mayacam import projection_from_mayacam, read_mayacam
     from jaxdrr.io.tiff_stack import read_tiff_volume
@@ -73,6 +94,8 @@ def load(downsample: int = 1, frame: str = "0002", frames_dir: Path | None = Non
         frame_data = read_fluoro_frame(
             frames_dir / f"xr_rad_uln_cam0{cam}_UND.{frame}.tif", downsample=downsample
         )
+        for _, angle, strength in (st for st in straps if st[0] == cam):
+            frame_data = strapped(frame_data, angle, strength)
         P = projection_from_mayacam(
             read_mayacam(DATA / "Calibration" / f"xr_calib_wrist_cam0{cam}.txt"), image_scale=1.0 / downsample
         )
@@ -83,20 +106,20 @@ def load(downsample: int = 1, frame: str = "0002", frames_dir: Path | None = Non
     return views, frames, Ps, volumes
 
 
-def initial_poses(volumes, init_path, config, frame: str = "0002", frames_dir: Path | None = None):
+def initial_poses(volumes, init_path, config, frame: str = "0002", frames_dir: Path | None = None, straps=()):
     """Seeds: the --init file, else the automatic search (every combination of the bones'
     candidates that keeps the bones apart, as multiple starts of one joint registration)."""
-    from jaxdrr.registration.initialize import initialize_bone, joint_seeds, limb_axis_3d, load_initial_poses
+    from jaxdrr.registration.initialize import initialize_bones, joint_seeds, load_initial_poses
 
     if init_path:
         poses = load_initial_poses(init_path)
         return {b: poses[b] for b in BONES}, {"source": str(init_path)}
-    _, frames8, Ps8, _ = load(8, frame, frames_dir)
-    axis = limb_axis_3d(frames8, Ps8)
-    cands = {b: initialize_bone(volumes[b], frames8, Ps8, name=b, axis=axis) for b in BONES}
+    _, frames8, Ps8, _ = load(8, frame, frames_dir, straps)
+    cands = initialize_bones({b: volumes[b] for b in BONES}, frames8, Ps8)
     seeds = joint_seeds({b: volumes[b] for b in BONES}, cands)
     info = {
         "source": "automatic",
+        "axis_hypothesis": {b: cands[b][0].axis_index if cands[b] else None for b in BONES},
         "candidate_scores": {b: [c.score for c in cands[b]] for b in BONES},
         "n_joint_seeds": len(seeds),
     }
@@ -377,6 +400,14 @@ def main(argv=None) -> int:
     )
     p.add_argument("--skip", nargs="*", default=(), choices=("repeatability", "consistency", "realism"))
     p.add_argument(
+        "--strap",
+        action="append",
+        default=[],
+        metavar="CAM:ANGLE:STRENGTH",
+        help="add a synthetic strap to camera CAM's frame, entering the FOV at ANGLE deg (0 = right, 90 = "
+        "up) with STRENGTH (-ln units) on its centre line (repeatable; a robustness check)",
+    )
+    p.add_argument(
         "--against",
         default=None,
         help="an earlier result JSON: report how far this run's reference poses are from its reference "
@@ -419,7 +450,14 @@ def main(argv=None) -> int:
         else ROOT / "benchmarks" / "results" / f"wrist_{date}{'_quick' if args.quick else ''}.json"
     )
     overlay = Path(args.overlay) if args.overlay else out_path.with_suffix(".png")
-    views, _, _, volumes = load(1)
+    try:
+        straps = [tuple(float(x) for x in spec.split(":")) for spec in args.strap]
+    except ValueError:
+        straps = [()]
+    if any(len(st) != 3 or st[0] not in (1, 2) for st in straps):
+        p.error(f"--strap wants CAM:ANGLE:STRENGTH with CAM 1 or 2, got {args.strap}")
+    straps = [(int(cam), angle, strength) for cam, angle, strength in straps]
+    views, _, _, volumes = load(1, straps=straps)
     report = {
         "date": date,
         "machine": platform.platform(),
@@ -436,7 +474,8 @@ def main(argv=None) -> int:
     }
 
     t0 = time.perf_counter()
-    seeds, report["init"] = initial_poses(volumes, args.init, config)
+    seeds, report["init"] = initial_poses(volumes, args.init, config, straps=straps)
+    report["straps"] = [list(st) for st in straps]
     report["init"]["time_s"] = time.perf_counter() - t0
     # The reference: refinements from the seeds (one start each), then from that result.
     first = mv.register_multiview(volumes, views, seeds, config)

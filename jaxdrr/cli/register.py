@@ -481,14 +481,13 @@ def auto_seeds(views_in, volumes, *, quiet: bool) -> list[dict]:
     candidates in which no two bones share space (:func:`jaxdrr.registration.initialize.joint_seeds`)."""
     from jaxdrr.io.frames import read_fluoro_frame
     from jaxdrr.io.mayacam import projection_from_mayacam, read_mayacam
-    from jaxdrr.registration.initialize import initialize_bone, joint_seeds, limb_axis_3d
+    from jaxdrr.registration.initialize import initialize_bones, joint_seeds
 
     k = 8  # the search works at ~1/8 of a 1760 px frame
     frames = [read_fluoro_frame(image, downsample=k) for image, _ in views_in]
     Ps = [projection_from_mayacam(read_mayacam(calib), image_scale=1.0 / k) for _, calib in views_in]
     with long_step("searching initial poses", disable=quiet):
-        axis = limb_axis_3d(frames, Ps)
-        candidates = {n: initialize_bone(v, frames, Ps, name=n, axis=axis) for n, v in volumes.items()}
+        candidates = initialize_bones(volumes, frames, Ps)
         empty = [n for n, c in candidates.items() if not c]
         if empty:
             raise JaxdrrError(

@@ -29,6 +29,7 @@ from jaxdrr.registration.initialize import (
     initialize_bone,
     initialize_bones,
     joint_seeds,
+    limb_axes_3d,
     load_initial_poses,
     save_initial_poses,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "initialize",
     "initialize_bone",
     "initialize_bones",
+    "limb_axes_3d",
     "joint_seeds",
     "load_initial_poses",
     "save_initial_poses",

@@ -9,13 +9,16 @@ the first frame), so this module finds starting poses without a human, in three 
    rim of the round field of view. ``-log(image)`` minus its grey-level *opening* with a square
    larger than the limb's width (a white top-hat) keeps the limb and removes the smooth
    background and vignetting; Otsu's threshold gives the limb mask. The limb enters the field of
-   view through its rim (or the image border): the widest patch of limb near that boundary is the
-   entry, and the top-hat-weighted principal axis of the limb within half an FOV radius of the
-   entry is the limb's 2D axis, oriented from the entry inwards (towards the hand for a forearm).
+   view through its rim (or the image border): the patch of limb near that boundary with the
+   largest top-hat sum is the entry, and the top-hat-weighted principal axis of the limb within
+   half an FOV radius of the entry is the limb's 2D axis, oriented from the entry inwards (towards
+   the hand for a forearm). Fingers or a hand can reach the rim too: every patch at least half as
+   strong as the strongest (at most two per view) is a hypothesis (:func:`limb_axes_2d`).
 2. **3D axis** (:func:`triangulate_line`): each 2D axis back-projects to a plane through its
-   source (``P^T l``); the planes of two views meet in the 3D axis line.
+   source (``P^T l``); the planes of two views meet in the 3D axis line. Every combination of the
+   views' hypotheses is one 3D axis hypothesis (:func:`limb_axes_3d`), all searched in step 3.
 3. **Search** (:func:`initialize_bone`). The bone's long principal axis (from its own voxels,
-   :func:`jaxdrr.io.tiff_stack.principal_axes`) is laid along the 3D axis, both ways round
+   :func:`jaxdrr.io.tiff_stack.principal_axes`) is laid along each 3D axis, both ways round
    (``flip``), tilted by up to ``tilt_deg`` in four directions, and turned about the axis in
    ``angle_step_deg`` steps. For each orientation the bone's DRR (line integrals of its density in
    excess of soft tissue, at ~1/8 resolution) is rendered once per view and its Sobel gradients
@@ -76,6 +79,9 @@ from jaxdrr.ops.project import project
 from jaxdrr.registration.metrics import gradient_ncc
 from jaxdrr.volume import Volume
 
+# Two bones of one limb share at most this fraction of either's voxels (joint seeds, axis choice).
+JOINT_MAX_OVERLAP = 0.05
+
 
 @dataclasses.dataclass(frozen=True)
 class InitConfig:
@@ -94,8 +100,13 @@ class InitConfig:
       peaks_per_orientation: translations kept per orientation (the best ones at least
         ``distinct_mm`` apart): a long bone's best shift can be onto its neighbour's shadow, with its
         own place the second peak.
-      rescored: distinct candidates re-scored with an exact DRR (the best ``top_k`` are returned).
+      rescored: distinct candidates of each limb-axis hypothesis re-scored with an exact DRR (the best
+        ``top_k`` of all are returned).
       distinct_deg, distinct_mm: two candidates closer than both of these are the same seed.
+      max_entries, entry_fraction: limb-axis hypotheses per view (:func:`limb_axes_2d`): at most
+        ``max_entries`` places where the limb may enter the FOV, each at least ``entry_fraction``
+        as strong as the strongest; every combination over the views is searched (the cost grows
+        with their number: 1 on the Autoscoper wrist's frame 0002).
       threshold_hu: voxels above this define the bone's principal axes.
       step_mm: ray-marching step of the search DRRs.
     """
@@ -108,9 +119,11 @@ class InitConfig:
     translation_step_mm: float = 1.5
     top_k: int = 5
     peaks_per_orientation: int = 3
-    rescored: int = 15
+    rescored: int = 40
     distinct_deg: float = 20.0
     distinct_mm: float = 6.0
+    max_entries: int = 2
+    entry_fraction: float = 0.5
     threshold_hu: float = 200.0
     step_mm: float = 1.0
 
@@ -119,6 +132,10 @@ class InitConfig:
             raise JaxdrrError(
                 f"top_k, peaks_per_orientation and rescored must be >= 1, got {self.top_k}, "
                 f"{self.peaks_per_orientation}, {self.rescored}"
+            )
+        if self.max_entries < 1 or not 0.0 < self.entry_fraction <= 1.0:
+            raise JaxdrrError(
+                f"need max_entries >= 1 and 0 < entry_fraction <= 1, got {self.max_entries}, {self.entry_fraction}"
             )
 
 
@@ -147,6 +164,7 @@ class PoseCandidate:
       score: mean over views of the gradient correlation of its DRR with the frame (higher = better).
       view_scores: the per-view gradient correlations.
       flip, angle_deg, tilt_deg: the search orientation (for reports).
+      axis_index: which limb-axis hypothesis it was found along (0 = the strongest entries).
     """
 
     name: str
@@ -156,6 +174,7 @@ class PoseCandidate:
     flip: bool = False
     angle_deg: float = 0.0
     tilt_deg: tuple[float, float] = (0.0, 0.0)
+    axis_index: int = 0
 
     def matrix(self) -> np.ndarray:
         return np.asarray(self.pose.matrix(), np.float64)
@@ -286,12 +305,23 @@ def limb_tophat(frame: FluoroFrame) -> np.ndarray:
     return np.where(m, L - ndi.grey_opening(L, size=(size, size)), 0.0)
 
 
-def limb_axis_2d(frame: FluoroFrame) -> LimbAxis2D:
-    """The axis of the limb entering the field of view (see the module docstring, step 1).
+def limb_axes_2d(frame: FluoroFrame, max_entries: int = 2, min_fraction: float = 0.5) -> list[LimbAxis2D]:
+    """Axis hypotheses of the limb entering the field of view, strongest entry first.
+
+    Every place where limb-like (top-hat) absorption touches the FOV rim or the image border is a
+    possible entry; its strength is the top-hat sum over that patch (the forearm's two bones and
+    thick tissue outweigh fingers, a hand or a strap reaching the rim, which can be wider). The
+    entries at least ``min_fraction`` as strong as the strongest, at most ``max_entries``, each give
+    one axis (see the module docstring, step 1): :func:`initialize_bone` searches them all and lets
+    the bone's own match decide.
 
     Raises:
-      JaxdrrError: no limb found touching the FOV boundary.
+      JaxdrrError: no limb found touching the FOV boundary, or bad arguments.
     """
+    if max_entries < 1 or not 0.0 < min_fraction <= 1.0:
+        raise JaxdrrError(
+            f"need max_entries >= 1 and 0 < min_fraction <= 1, got {max_entries}, {min_fraction}"
+        )
     r = frame.fov[2]
     m = frame.mask
     top = limb_tophat(frame)
@@ -302,22 +332,33 @@ def limb_axis_2d(frame: FluoroFrame) -> LimbAxis2D:
     labels, n = ndi.label(band)
     if n == 0:
         raise JaxdrrError("no limb found entering the field of view (nothing dark touches its rim)")
-    sizes = ndi.sum(band, labels, index=np.arange(1, n + 1))
-    entry_mask = labels == (1 + int(np.argmax(sizes)))
-    ey, ex = np.nonzero(entry_mask)
-    entry = np.array([ex.mean(), ey.mean()])
+    strength = ndi.sum(top, labels, index=np.arange(1, n + 1))
+    order = np.argsort(-strength)
+    keep = [int(i) for i in order[:max_entries] if strength[i] >= min_fraction * strength[order[0]]]
     limb_labels, _ = ndi.label(limb)
     rows, cols = np.mgrid[0 : m.shape[0], 0 : m.shape[1]]
-    near = (limb_labels == limb_labels[ey[0], ex[0]]) & (np.hypot(cols - entry[0], rows - entry[1]) < 0.5 * r)
-    w = top[near]
-    pts = np.stack([cols[near], rows[near]], axis=1).astype(np.float64)
-    center = (w[:, None] * pts).sum(0) / w.sum()
-    d = pts - center
-    cov = (d * w[:, None]).T @ d / w.sum()
-    direction = np.linalg.eigh(cov)[1][:, -1]
-    if direction @ (center - entry) < 0:
-        direction = -direction
-    return LimbAxis2D(entry=entry, center=center, direction=direction)
+    axes = []
+    for i in keep:
+        ey, ex = np.nonzero(labels == i + 1)
+        entry = np.array([ex.mean(), ey.mean()])
+        near = (limb_labels == limb_labels[ey[0], ex[0]]) & (
+            np.hypot(cols - entry[0], rows - entry[1]) < 0.5 * r
+        )
+        w = top[near]
+        pts = np.stack([cols[near], rows[near]], axis=1).astype(np.float64)
+        center = (w[:, None] * pts).sum(0) / w.sum()
+        d = pts - center
+        cov = (d * w[:, None]).T @ d / w.sum()
+        direction = np.linalg.eigh(cov)[1][:, -1]
+        if direction @ (center - entry) < 0:
+            direction = -direction
+        axes.append(LimbAxis2D(entry=entry, center=center, direction=direction))
+    return axes
+
+
+def limb_axis_2d(frame: FluoroFrame) -> LimbAxis2D:
+    """The axis of the limb at its strongest entry into the field of view (:func:`limb_axes_2d`)."""
+    return limb_axes_2d(frame, max_entries=1)[0]
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -400,6 +441,7 @@ def initialize_bone(
     *,
     name: str = "",
     axis: tuple[np.ndarray, np.ndarray] | None = None,
+    axes: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
     config: InitConfig = InitConfig(),
 ) -> list[PoseCandidate]:
     """Seed poses of one long bone from calibrated views (see the module docstring).
@@ -410,8 +452,11 @@ def initialize_bone(
       Ps: the views' [3, 4] projection matrices **for the frames' pixel grids** (with
         ``downsample=k``: ``projection_from_mayacam(calib, image_scale=1/k)``).
       name: the bone's name (copied into the candidates).
-      axis: (point, unit direction) of the limb's 3D axis; default :func:`limb_axis_3d` of the
-        frames. The direction must point distally (from where the limb enters the FOV inwards).
+      axis: (point, unit direction) of the limb's 3D axis, the direction pointing distally (from
+        where the limb enters the FOV inwards); searched alone.
+      axes: several such axis hypotheses, all searched, the candidates ranked together; default
+        (neither given) :func:`limb_axes_3d` of the frames with ``config.max_entries`` and
+        ``config.entry_fraction``.
       config: :class:`InitConfig`.
 
     Returns:
@@ -421,67 +466,79 @@ def initialize_bone(
         raise JaxdrrError(f"need >= 2 frames with one P each, got {len(frames)} frames and {len(Ps)} P")
     if volume.kind != "hu":
         raise JaxdrrError(f"initialize_bone needs a 'hu' volume, got kind={volume.kind!r}")
-    if axis is None:
-        axis = limb_axis_3d(frames, Ps)
-    c0, d = (np.asarray(a, np.float64) for a in axis)
-    d = d / np.linalg.norm(d)
+    if axis is not None and axes is not None:
+        raise JaxdrrError("give the limb axis as axis= or as axes=, not both")
+    if axis is not None:
+        axes = [axis]
+    elif axes is None:
+        axes = limb_axes_3d(frames, Ps, config.max_entries, config.entry_fraction)
+    if len(axes) == 0:
+        raise JaxdrrError("axes= is empty: give at least one (point, direction) limb axis")
     views = _prepare_views(frames, Ps, config.work_size)
     density = bone_excess_density(volume)
     affine = volume.affine
     centroid, bone_axes, _ = principal_axes(volume, config.threshold_hu)
-
-    # Translation grid (world offsets) and its image shifts in every view (orientation-independent).
-    e1, e2 = _perpendiculars(d)
-    ax = np.arange(-config.axial_range_mm, config.axial_range_mm + 1e-9, config.translation_step_mm)
-    lat = np.arange(-config.lateral_range_mm, config.lateral_range_mm + 1e-9, config.translation_step_mm)
-    A, B, C = np.meshgrid(ax, lat, lat, indexing="ij")
-    deltas = A.reshape(-1, 1) * d + B.reshape(-1, 1) * e1 + C.reshape(-1, 1) * e2
-    shifts = [_project(v.P, c0 + deltas) - _project(v.P, c0) for v in views]
-
     tilts = [(0.0, 0.0)]
     if config.tilt_deg > 0:
         tilts += [(config.tilt_deg, phi) for phi in (0.0, 90.0, 180.0, 270.0)]
     angles = np.arange(0.0, 360.0 - 1e-9, config.angle_step_deg)
 
-    results = []  # (score, R, delta, flip, angle, tilt)
-    for flip in (False, True):
-        R_align = _align(-bone_axes[0] if flip else bone_axes[0], d)
-        for tilt, phi in tilts:
-            tilt_axis = np.cos(np.radians(phi)) * e1 + np.sin(np.radians(phi)) * e2
-            R_tilt = _rodrigues(tilt_axis, np.radians(tilt)) if tilt else np.eye(3)
-            for ang in angles:
-                R = R_tilt @ _rodrigues(d, np.radians(ang)) @ R_align
-                T = np.eye(4)
-                T[:3, :3] = R
-                T[:3, 3] = c0 - R @ centroid
-                total = np.zeros(len(deltas))
-                for v, sh in zip(views, shifts, strict=True):
-                    drr = _render(density, affine, v.P @ T, v.shape, config.step_mm)
-                    total += _shift_scores(drr, v, sh)
-                for k in _distinct_peaks(total, deltas, config.peaks_per_orientation, config.distinct_mm):
-                    results.append((total[k] / len(views), R, deltas[k], flip, ang, (tilt, phi)))
+    results = []  # (score, R, centroid's world position, flip, angle, tilt, axis index)
+    for index, (c0, d) in enumerate(axes):
+        c0 = np.asarray(c0, np.float64)
+        d = np.asarray(d, np.float64) / np.linalg.norm(d)
+        # Translation grid (world offsets) and its image shifts in every view (orientation-independent).
+        e1, e2 = _perpendiculars(d)
+        ax = np.arange(-config.axial_range_mm, config.axial_range_mm + 1e-9, config.translation_step_mm)
+        lat = np.arange(-config.lateral_range_mm, config.lateral_range_mm + 1e-9, config.translation_step_mm)
+        A, B, C = np.meshgrid(ax, lat, lat, indexing="ij")
+        deltas = A.reshape(-1, 1) * d + B.reshape(-1, 1) * e1 + C.reshape(-1, 1) * e2
+        shifts = [_project(v.P, c0 + deltas) - _project(v.P, c0) for v in views]
+        for flip in (False, True):
+            R_align = _align(-bone_axes[0] if flip else bone_axes[0], d)
+            for tilt, phi in tilts:
+                tilt_axis = np.cos(np.radians(phi)) * e1 + np.sin(np.radians(phi)) * e2
+                R_tilt = _rodrigues(tilt_axis, np.radians(tilt)) if tilt else np.eye(3)
+                for ang in angles:
+                    R = R_tilt @ _rodrigues(d, np.radians(ang)) @ R_align
+                    T = np.eye(4)
+                    T[:3, :3] = R
+                    T[:3, 3] = c0 - R @ centroid
+                    total = np.zeros(len(deltas))
+                    for v, sh in zip(views, shifts, strict=True):
+                        drr = _render(density, affine, v.P @ T, v.shape, config.step_mm)
+                        total += _shift_scores(drr, v, sh)
+                    for k in _distinct_peaks(total, deltas, config.peaks_per_orientation, config.distinct_mm):
+                        results.append(
+                            (total[k] / len(views), R, c0 + deltas[k], flip, ang, (tilt, phi), index)
+                        )
 
+    # The distinct best of each axis hypothesis are re-scored: pooled, a wrong axis (through a
+    # hand or fingers) can fill the list with coarse matches and crowd a bone's true place out.
     results.sort(key=lambda r: -r[0])
     chosen = []
-    for res in results:
-        _, R, delta, *_ = res
-        same = False
-        for other in chosen:
-            dR = R @ other[1].T
-            ang = np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1)))
-            if ang < config.distinct_deg and np.linalg.norm(delta - other[2]) < config.distinct_mm:
-                same = True
+    for index in range(len(axes)):
+        kept = []
+        for res in (r for r in results if r[6] == index):
+            _, R, position, *_ = res
+            same = False
+            for other in kept:
+                dR = R @ other[1].T
+                ang = np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1)))
+                if ang < config.distinct_deg and np.linalg.norm(position - other[2]) < config.distinct_mm:
+                    same = True
+                    break
+            if not same:
+                kept.append(res)
+            if len(kept) >= max(config.rescored, config.top_k):
                 break
-        if not same:
-            chosen.append(res)
-        if len(chosen) >= max(config.rescored, config.top_k):
-            break
+        chosen += kept
 
     candidates = []
-    for _, R, delta, flip, ang, tilt in chosen:
+    for _, R, position, flip, ang, tilt, index in chosen:
         T = np.eye(4)
         T[:3, :3] = R
-        T[:3, 3] = c0 + delta - R @ centroid
+        T[:3, 3] = position - R @ centroid
         view_scores = _exact_scores(density, affine, T, views, config.step_mm)
         pose = RigidTransform.from_matrix(np.asarray(T, np.float64), pivot=tuple(centroid))
         candidates.append(
@@ -493,6 +550,7 @@ def initialize_bone(
                 flip=flip,
                 angle_deg=float(ang),
                 tilt_deg=tilt,
+                axis_index=index,
             )
         )
     candidates.sort(key=lambda c: -c.score)
@@ -537,16 +595,41 @@ def initialize_bones(
     *,
     config: InitConfig = InitConfig(),
 ) -> dict[str, list[PoseCandidate]]:
-    """:func:`initialize_bone` for each bone of a limb, sharing one triangulated limb axis.
+    """:func:`initialize_bone` for each bone of a limb, along the limb-axis hypothesis that suits
+    all of them best.
+
+    The bones of one limb lie along one axis. With several hypotheses (:func:`limb_axes_3d`, e.g.
+    fingers reaching the FOV's rim as well as the forearm) each bone is searched along each; a
+    thin bone such as the ulna can match a metacarpal's shadow along a wrong axis about as well as
+    its own, and two bones can both match one bar-like shadow. So a hypothesis is judged by its
+    best combination of the bones' candidates that keeps the bones apart (the sum of their scores,
+    as :func:`joint_seeds` ranks them), and each bone's candidates come from the best-judged one.
 
     Returns:
-      {bone name: its candidates, best first}. Each bone is searched on its own, so two bones'
-      best seeds may claim the same shadow: combine them with :func:`joint_seeds`.
+      {bone name: its candidates, best first} (``axis_index`` says which hypothesis). Each bone is
+      searched on its own, so two bones' best seeds may claim the same shadow: combine them with
+      :func:`joint_seeds`.
     """
-    axis = limb_axis_3d(frames, Ps)
+    axes = limb_axes_3d(frames, Ps, config.max_entries, config.entry_fraction)
+    found = [
+        {
+            name: initialize_bone(vol, frames, Ps, name=name, axis=axis, config=config)
+            for name, vol in volumes.items()
+        }
+        for axis in axes
+    ]
+    if len(axes) == 1:
+        return found[0]
+    support = []
+    for by_bone in found:
+        if any(not cands for cands in by_bone.values()):
+            support.append(-np.inf)
+            continue
+        apart = _apart_combinations(volumes, by_bone, JOINT_MAX_OVERLAP, config.threshold_hu)
+        support.append(apart[0][0] if apart else -np.inf)
+    best = int(np.argmax(support))
     return {
-        name: initialize_bone(vol, frames, Ps, name=name, axis=axis, config=config)
-        for name, vol in volumes.items()
+        name: [dataclasses.replace(c, axis_index=best) for c in cands] for name, cands in found[best].items()
     }
 
 
@@ -592,7 +675,7 @@ def joint_seeds(
     volumes: dict[str, Volume],
     candidates: dict[str, Sequence[PoseCandidate]],
     *,
-    max_overlap: float = 0.05,
+    max_overlap: float = JOINT_MAX_OVERLAP,
     max_seeds: int = 32,
     threshold_hu: float = 200.0,
 ) -> list[dict[str, RigidTransform]]:
@@ -628,6 +711,19 @@ def joint_seeds(
     for n in names:
         if not candidates[n]:
             raise JaxdrrError(f"bone {n!r} has no candidate pose; give its pose by hand (load_initial_poses)")
+    combos = _apart_combinations(volumes, candidates, max_overlap, threshold_hu)
+    return [
+        {n: candidates[n][k].pose for n, k in zip(names, choice, strict=True)}
+        for _, choice in combos[:max_seeds]
+    ]
+
+
+def _apart_combinations(
+    volumes, candidates, max_overlap: float, threshold_hu: float
+) -> list[tuple[float, tuple]]:
+    """(summed score, one candidate index per bone) of every combination of the bones' candidates
+    in which no two bones overlap by more than ``max_overlap``, best first."""
+    names = list(volumes)
     # Pairwise overlaps once per pair of candidates (not once per combination).
     overlap = {}
     for ia, a in enumerate(names):
@@ -652,15 +748,34 @@ def joint_seeds(
         score = sum(candidates[n][k].score for n, k in zip(names, choice, strict=True))
         combos.append((score, choice))
     combos.sort(key=lambda c: -c[0])
-    return [
-        {n: candidates[n][k].pose for n, k in zip(names, choice, strict=True)}
-        for _, choice in combos[:max_seeds]
-    ]
+    return combos
 
 
 def limb_axis_3d(frames: Sequence[FluoroFrame], Ps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """3D axis (point, unit direction pointing distally) of the limb seen in all frames."""
+    """3D axis (point, unit direction pointing distally) of the limb seen in all frames, from
+    each view's strongest entry."""
     return triangulate_line(Ps, [limb_axis_2d(f) for f in frames])
+
+
+def limb_axes_3d(
+    frames: Sequence[FluoroFrame], Ps: Sequence[np.ndarray], max_entries: int = 2, min_fraction: float = 0.5
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """3D axis hypotheses (point, unit direction): every combination of the views' entry
+    hypotheses (:func:`limb_axes_2d`), the combination of the strongest entries first.
+
+    Raises:
+      GeometryError: no combination triangulates (every pair of planes parallel).
+    """
+    per_view = [limb_axes_2d(f, max_entries, min_fraction) for f in frames]
+    axes, failures = [], []
+    for combination in sorted(itertools.product(*(range(len(h)) for h in per_view)), key=sum):
+        try:
+            axes.append(triangulate_line(Ps, [h[i] for h, i in zip(per_view, combination, strict=True)]))
+        except GeometryError as error:
+            failures.append(str(error))
+    if not axes:
+        raise GeometryError(f"no limb axis hypothesis triangulates: {failures[0]}")
+    return axes
 
 
 # ----------------------------------------------------------------------------- manual override
