@@ -13,8 +13,9 @@ and its circular field-of-view mask) with its MayaCam calibration
 All bones are registered jointly in all views (:func:`jaxdrr.registration.multiview.register_multiview`).
 ``--init`` gives each bone's starting pose (the format of
 :func:`jaxdrr.registration.initialize.load_initial_poses`, or a file written by this command);
-without it the poses are searched automatically (:func:`jaxdrr.registration.initialize.initialize_bone`
-per bone, then every combination of the bones' candidates that keeps them apart as the starts,
+without it the poses are searched automatically (:func:`jaxdrr.registration.initialize.initialize_bones`:
+each bone along every hypothesis of the limb's axis, the one that suits all bones kept; then every
+combination of the bones' candidates that keeps them apart as the starts,
 :func:`jaxdrr.registration.initialize.joint_seeds`). The output JSON holds ``poses`` (per bone: 4x4
 ``matrix`` and ``pivot_mm``, loadable by ``--init``), the similarity per view and bone, timings.
 
