@@ -92,8 +92,9 @@ The automatic search works on 1/8-size frames: each bone gets a few candidates (
 own, so a radius candidate can sit on the ulna's shadow. `joint_seeds` combines them (one candidate per bone),
 drops the combinations that put two bones in the same place, and the joint registration keeps for each bone
 the start where it matched best. From those seeds alone (README, `bench_wrist.py --against`) both bones land
-within 0.01 mm of the registration from the stored pose, in ~35 s of search and ~45 s of registration from 20
-joint seeds; the search is still fragile (a coarser working size puts the ulna back on the radius's shadow in
+within 0.01 mm of the registration from the stored pose, in ~30 s of search and ~45 s of registration from 20
+joint seeds (fingers or a strap at the rim can look like the forearm's entry: every strong entry is a hypothesis of
+the limb's axis, and the one that suits both bones wins); the search is still fragile (a coarser working size puts the ulna back on the radius's shadow in
 camera 1; README). So the registration below starts, faster, from a stored pose (`tests/data/wrist_0002_seed.json`, the format of `load_initial_poses`: what an
 Autoscoper user places by hand in the first frame; ours is the best optimum that a search over each bone's turn
 about and slide along its shaft found: README, "Real X-rays"), moved by a random 3 mm / 3 degrees as a hand
