@@ -303,16 +303,20 @@ def test_triangulate_line_recovers_a_3d_line(calibs):
     assert np.linalg.norm(p - point) < 1e-6  # both centers are the projections of `point`
 
 
+def _enters_at_the_bottom_going_up(axis, frame) -> bool:
+    """The entry in the lower part of the FOV circle, the axis pointing up the image (within ~25 deg
+    of vertical)."""
+    cx, cy, r = frame.fov
+    return bool(axis.entry[1] > cy + 0.6 * r and axis.direction[1] < -0.9)
+
+
 def test_limb_axes_enter_from_the_bottom(views):
     """In both frames the forearm enters the FOV at the bottom and runs up (checked on the pictures)."""
     from jaxdrr.registration.initialize import limb_axis_2d
 
     frames, _ = views
     for frame in frames:
-        axis = limb_axis_2d(frame)
-        cx, cy, r = frame.fov
-        assert axis.entry[1] > cy + 0.6 * r  # the entry is in the lower part of the circle
-        assert axis.direction[1] < -0.9  # pointing up the image (within ~25 deg of vertical)
+        assert _enters_at_the_bottom_going_up(limb_axis_2d(frame), frame)
 
 
 def _with_absorber(frame, angle_deg: float, strength: float):
@@ -329,11 +333,6 @@ def _with_absorber(frame, angle_deg: float, strength: float):
     absorption = strength * np.exp(-0.5 * (across / (0.08 * r)) ** 2) * (along > 0.45 * r)
     assert not frame.inverted
     return dataclasses.replace(frame, image=(frame.image * np.exp(-absorption)).astype(np.float32))
-
-
-def _enters_at_the_bottom_going_up(axis, frame) -> bool:
-    cx, cy, r = frame.fov
-    return bool(axis.entry[1] > cy + 0.6 * r and axis.direction[1] < -0.9)
 
 
 def test_a_stronger_absorber_at_the_rim_leaves_the_forearm_a_hypothesis(views):
