@@ -289,6 +289,55 @@ def test_tracking_synthetic_sequence(cameras, bones):
     assert strict.flags[1]["pose_jump"] and not strict.flags[1]["ok"]
 
 
+def test_tracking_reseeds_a_lost_frame(cameras, bones):
+    """A motion far beyond a warm start's reach (half a turn about the shaft): the warm-started
+    frame ends elsewhere and is flagged; the re-seed (here a seed a few mm / deg off, as a search
+    would give) replaces it, and only the flagged frame is re-seeded."""
+    vols = {"a": bones["a"]}
+    truths = [_pose(10.0, (0.2, 1, 0.3), (1.0, -1.0, 0.5))]
+    truths.append(_offset(truths[0], 180.0, 2.0, axis=(0.0, 0.0, 1.0)))
+    frames = [[], []]
+    for truth in truths:
+        for v, view in enumerate(_views(vols, {"a": truth}, cameras)):
+            frames[v].append(view.image)
+    template = [mv.View(P, frames[v][0], None, f"cam{v}") for v, P in enumerate(cameras)]
+    calls = []
+
+    def reseed(t, frame_views):
+        calls.append(t)
+        assert [v.name for v in frame_views] == ["cam0", "cam1"]
+        assert np.array_equal(frame_views[0].image, frames[0][t])
+        return [{"a": _offset(truths[t], 5.0, 4.0)}]
+
+    corners = mv._box_corners(mv.attenuation_volume(vols["a"]))
+    kw = dict(max_jump_mm=1e3, max_jump_deg=1e3, min_similarity=0.9)
+    plain = mv.track_sequence(vols, frames, template, {"a": truths[0]}, _config(), **kw)
+    lost = mv.pose_difference(plain.poses[1]["a"], truths[1], corners)
+    assert lost["max_mm"] > 5 * TOL_MM, lost  # the premise: the warm start alone is lost
+    assert plain.flags[1]["low_similarity"] and not plain.flags[1]["ok"], plain.flags[1]
+    assert not plain.flags[1]["reseeded"] and not plain.flags[1]["recovered"]
+
+    track = mv.track_sequence(vols, frames, template, {"a": truths[0]}, _config(), reseed=reseed, **kw)
+    assert calls == [1]
+    assert track.flags[0]["ok"] and not track.flags[0]["reseeded"], track.flags[0]
+    assert track.flags[1]["reseeded"] and track.flags[1]["recovered"], track.flags[1]
+    assert track.flags[1]["ok"], track.flags[1]  # the kept result's flags
+    err = mv.pose_difference(track.poses[1]["a"], truths[1], corners)
+    assert err["max_mm"] < TOL_MM, err
+    assert track.tracked[1] is not track.results[1]
+    assert track.results[1].mean_similarity() > track.tracked[1].mean_similarity()
+    assert track.tracked[0] is track.results[0]
+    # An empty list of seeds keeps the warm-started result.
+    kept = mv.track_sequence(
+        vols, frames, template, {"a": truths[0]}, _config(), reseed=lambda t, v: [], **kw
+    )
+    assert not kept.flags[1]["reseeded"] and kept.results[1] is kept.tracked[1]
+    with pytest.raises(JaxdrrError, match="unknown flags"):
+        mv.track_sequence(vols, frames, template, {"a": truths[0]}, reseed=reseed, reseed_on=("ok",))
+    with pytest.raises(JaxdrrError, match="min_similarity"):
+        mv.track_sequence(vols, frames, template, {"a": truths[0]}, min_similarity=2.0)
+
+
 def test_errors_before_work(cameras, bones):
     vols = {"a": bones["a"]}
     pose = {"a": _pose(0.0, (0, 0, 1), (0, 0, 0))}

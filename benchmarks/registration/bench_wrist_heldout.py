@@ -26,6 +26,12 @@ Steps (no ground-truth poses ship with the data: measured is what needs none):
    tracked pose (as ``bench_wrist.py``), converged count and spread. Target <= 0.3 mm / 0.3 deg.
 4. **Biplanar consistency** on each held-out frame (as ``bench_wrist.py``). Target in-plane <= 0.5 mm / 0.5 deg.
 5. Overlays: ``<out stem>_<frame>.png`` (tracked pose; radius red, ulna cyan).
+
+``--reseed`` (written after the first run, so a second look, not an independent check): the
+tracking re-seeds a frame flagged for a similarity drop or a bone below similarity 0.35 (the
+threshold chosen on frame 0002, ``track_recovery.py``) from the automatic search on that frame
+(:func:`jaxdrr.registration.initialize.search_seeds`), and reports each frame's distance from the
+best optimum of the first run's 20 random starts (``wrist_heldout_2026-12-07_<frame>_best_poses.json``).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import bench_wrist as bw  # noqa: E402 (the frame-0002 benchmark's loaders and m
 HELDOUT = bw.ROOT / "benchmarks" / "data" / "autoscoper_wrist_heldout" / "frames"
 FRAMES = ("0002", "0099", "0158")
 SEED = bw.ROOT / "tests" / "data" / "wrist_0002_seed.json"
+RESEED_MIN_SIMILARITY = 0.35  # chosen on frame 0002 (track_recovery.py)
 
 
 def main(argv=None) -> int:
@@ -55,10 +62,11 @@ def main(argv=None) -> int:
     p.add_argument(
         "--out", default=None, help="result JSON (default benchmarks/results/wrist_heldout_<date>.json)"
     )
+    p.add_argument("--reseed", action="store_true", help="re-seed flagged frames from the automatic search")
     args = p.parse_args(argv)
 
     from jaxdrr.registration import multiview as mv
-    from jaxdrr.registration.initialize import load_initial_poses, save_initial_poses
+    from jaxdrr.registration.initialize import load_initial_poses, save_initial_poses, search_seeds
 
     date = datetime.date.today().isoformat()
     out_path = (
@@ -85,6 +93,14 @@ def main(argv=None) -> int:
     # 1. Tracking.
     seed = load_initial_poses(SEED)
     t0 = time.perf_counter()
+    reseed_options = {}
+    if args.reseed:
+        small = [bw.load(8, f, None if f == "0002" else HELDOUT) for f in FRAMES]
+        reseed_options = dict(
+            reseed=lambda t, frame_views: search_seeds(volumes, small[t][1], small[t][2]),
+            reseed_config=config,
+            min_similarity=RESEED_MIN_SIMILARITY,
+        )
     track = mv.track_sequence(
         volumes,
         [[loaded[f][0][v].image for f in FRAMES] for v in range(len(views))],
@@ -92,8 +108,9 @@ def main(argv=None) -> int:
         {b: seed[b] for b in bw.BONES},
         search,
         first_config=config,
+        **reseed_options,
     )
-    tracking = {"time_s": time.perf_counter() - t0, "frames": {}}
+    tracking = {"time_s": time.perf_counter() - t0, "reseed": args.reseed, "frames": {}}
     for i, (f, res, flag) in enumerate(zip(FRAMES, track.results, track.flags)):
         entry = {
             "similarity": res.similarity,
@@ -105,6 +122,17 @@ def main(argv=None) -> int:
             prev = track.results[i - 1].poses
             entry["motion"] = {b: mv.pose_difference(prev[b], res.poses[b], points[b]) for b in bw.BONES}
         entry["poses"] = {b: mv.pose_to_dict(res.poses[b]) for b in bw.BONES}
+        if track.tracked[i] is not res:
+            entry["warm_start"] = {
+                "similarity": track.tracked[i].similarity,
+                "poses": {b: mv.pose_to_dict(track.tracked[i].poses[b]) for b in bw.BONES},
+            }
+        best_file = bw.ROOT / "benchmarks" / "results" / f"wrist_heldout_2026-12-07_{f}_best_poses.json"
+        if i and best_file.is_file():
+            best = load_initial_poses(best_file)
+            entry["vs_first_run_best"] = {
+                b: mv.pose_difference(res.poses[b], best[b], points[b]) for b in bw.BONES
+            }
         tracking["frames"][f] = entry
         save_initial_poses(out_path.with_name(f"{out_path.stem}_{f}_tracked_poses.json"), res.poses)
         bw.save_overlay(volumes, res.poses, loaded[f][0], out_path.with_name(f"{out_path.stem}_{f}.png"))
@@ -117,6 +145,12 @@ def main(argv=None) -> int:
                     for b in bw.BONES
                 )
                 if i
+                else ""
+            )
+            + (
+                "; from the first run's best: "
+                + ", ".join(f"{b} {d['mean_mm']:.2f} mm" for b, d in entry["vs_first_run_best"].items())
+                if "vs_first_run_best" in entry
                 else ""
             ),
             flush=True,

@@ -482,24 +482,16 @@ def auto_seeds(views_in, volumes, *, quiet: bool) -> list[dict]:
     candidates in which no two bones share space (:func:`jaxdrr.registration.initialize.joint_seeds`)."""
     from jaxdrr.io.frames import read_fluoro_frame
     from jaxdrr.io.mayacam import projection_from_mayacam, read_mayacam
-    from jaxdrr.registration.initialize import initialize_bones, joint_seeds
+    from jaxdrr.registration.initialize import search_seeds
 
     k = 8  # the search works at ~1/8 of a 1760 px frame
     frames = [read_fluoro_frame(image, downsample=k) for image, _ in views_in]
     Ps = [projection_from_mayacam(read_mayacam(calib), image_scale=1.0 / k) for _, calib in views_in]
     with long_step("searching initial poses", disable=quiet):
-        candidates = initialize_bones(volumes, frames, Ps)
-        empty = [n for n, c in candidates.items() if not c]
-        if empty:
-            raise JaxdrrError(
-                f"the automatic initial-pose search found no candidate for {empty}; pass --init"
-            )
-        seeds = joint_seeds(volumes, candidates)
-    if not seeds:
-        raise JaxdrrError(
-            "every combination of the automatic candidates puts two bones in the same place; pass --init"
-        )
-    return seeds
+        try:
+            return search_seeds(volumes, frames, Ps)
+        except JaxdrrError as error:
+            raise JaxdrrError(f"{error} (pass --init)") from None
 
 
 def run(args) -> int:

@@ -6,7 +6,10 @@
 * :mod:`~jaxdrr.registration.optimize`: :func:`register` (Adam / L-BFGS, coarse to fine, multi-start).
 * :mod:`~jaxdrr.registration.accuracy`: mTRE, projection distance, rotation / translation errors.
 * :mod:`~jaxdrr.registration.multiview`: :func:`register_multiview` (several bones, several calibrated
-  views, jointly) and :func:`track_sequence` (frame-by-frame tracking with quality flags).
+  views, jointly) and :func:`track_sequence` (frame-by-frame tracking with quality flags; a lost
+  frame can be re-seeded).
+* :mod:`~jaxdrr.registration.initialize`: starting poses of long bones found from two views
+  (:func:`initialize_bones`, :func:`search_seeds`), and the manual override (:func:`load_initial_poses`).
 * ``jaxdrr register`` (the command line) lives in :mod:`jaxdrr.cli.register`.
 
 Example::
@@ -32,6 +35,7 @@ from jaxdrr.registration.initialize import (
     limb_axes_3d,
     load_initial_poses,
     save_initial_poses,
+    search_seeds,
 )
 from jaxdrr.registration.metrics import (
     gradient_ncc,
@@ -79,6 +83,7 @@ __all__ = [
     "initialize_bones",
     "limb_axes_3d",
     "joint_seeds",
+    "search_seeds",
     "load_initial_poses",
     "save_initial_poses",
     "Pose",

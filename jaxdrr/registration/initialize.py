@@ -721,6 +721,48 @@ def joint_seeds(
     ]
 
 
+def search_seeds(
+    volumes: dict[str, Volume],
+    frames: Sequence[FluoroFrame],
+    Ps: Sequence[np.ndarray],
+    *,
+    config: InitConfig = InitConfig(),
+    max_seeds: int = 32,
+) -> list[dict[str, RigidTransform]]:
+    """Multi-start seeds of a joint registration from the automatic search alone:
+    :func:`initialize_bones`, then :func:`joint_seeds` (what ``jaxdrr register`` does without
+    ``--init``, and what :func:`jaxdrr.registration.multiview.track_sequence` can re-seed a lost
+    frame with).
+
+    Args:
+      volumes: ``{bone: Volume}`` (``kind="hu"``).
+      frames: one :class:`FluoroFrame` per view, at the search's size (e.g. ``read_fluoro_frame(...,
+        downsample=8)`` for 1760 px frames: :attr:`InitConfig.work_size` is 220 px).
+      Ps: the frames' projection matrices (at the frames' size).
+      config: :class:`InitConfig`.
+      max_seeds: at most this many seeds.
+
+    Returns:
+      A non-empty list of ``{bone: RigidTransform}``, best first.
+
+    Raises:
+      JaxdrrError: a bone without any candidate, or every combination puts two bones in one place
+        (give the poses by hand: :func:`load_initial_poses`).
+    """
+    candidates = initialize_bones(volumes, frames, Ps, config=config)
+    empty = sorted(n for n, c in candidates.items() if not c)
+    if empty:
+        raise JaxdrrError(
+            f"the automatic initial-pose search found no candidate for {empty}; give them by hand"
+        )
+    seeds = joint_seeds(volumes, candidates, max_seeds=max_seeds, threshold_hu=config.threshold_hu)
+    if not seeds:
+        raise JaxdrrError(
+            "every combination of the automatic candidates puts two bones in the same place; give them by hand"
+        )
+    return seeds
+
+
 def _apart_combinations(
     volumes, candidates, max_overlap: float, threshold_hu: float
 ) -> list[tuple[float, tuple]]:
@@ -859,6 +901,7 @@ __all__: Sequence[str] = (
     "bone_samples",
     "bone_overlap",
     "joint_seeds",
+    "search_seeds",
     "load_initial_poses",
     "save_initial_poses",
 )

@@ -81,6 +81,7 @@ __all__ = [
     "TrackingResult",
     "register_multiview",
     "track_sequence",
+    "TRACKING_FLAGS",
     "attenuation_volume",
     "render_views",
     "view_similarities",
@@ -371,13 +372,19 @@ class TrackingResult:
     """Outcome of :func:`track_sequence`: one :class:`MultiViewResult` per frame and its flags.
 
     Attributes:
-      results: per-frame results.
-      flags: per-frame ``{"similarity_drop", "pose_jump", "not_converged", "ok"}`` booleans.
+      results: per-frame results (the kept one where a frame was re-seeded).
+      flags: per-frame booleans ``similarity_drop``, ``pose_jump``, ``not_converged``,
+        ``low_similarity`` (of the kept result), ``reseeded`` (the frame was re-seeded),
+        ``recovered`` (the re-seeded registration replaced the warm-started one) and ``ok`` (none
+        of the first four).
+      tracked: per-frame warm-started results (the same objects as ``results`` where nothing was
+        replaced), for comparison.
       poses: per-frame ``{bone: RigidTransform}`` (the results' poses).
     """
 
     results: list[MultiViewResult]
     flags: list[dict[str, bool]]
+    tracked: list[MultiViewResult] = dataclasses.field(default_factory=list)
 
     @property
     def poses(self) -> list[dict[str, RigidTransform]]:
@@ -1176,6 +1183,31 @@ def view_similarities(result: MultiViewResult) -> dict[str, float]:
 # Tracking
 
 
+# Flags that can trigger a re-seed (a pose jump alone is usually real motion).
+TRACKING_FLAGS = ("similarity_drop", "pose_jump", "not_converged", "low_similarity")
+
+# A re-seeding function: (frame index, the frame's views) -> seeds (each {bone: RigidTransform}).
+Reseed = Callable[[int, list[View]], Sequence[Mapping[str, RigidTransform]]]
+
+
+def _tracking_flags(res, prev, min_similarity, max_similarity_drop, max_jump_mm, max_jump_deg) -> dict:
+    """The quality flags of one frame's result against the previous frame's (None for the first)."""
+    flag = {
+        "similarity_drop": False,
+        "pose_jump": False,
+        "not_converged": not res.converged,
+        "low_similarity": min_similarity is not None
+        and min(s for per_bone in res.similarity.values() for s in per_bone.values()) < min_similarity,
+    }
+    if prev is not None:
+        flag["similarity_drop"] = res.mean_similarity() < prev.mean_similarity() - max_similarity_drop
+        for name, pose in res.poses.items():
+            d = pose_difference(prev.poses[name], pose)
+            if d["translation_mm"] > max_jump_mm or d["rotation_deg"] > max_jump_deg:
+                flag["pose_jump"] = True
+    return flag
+
+
 def track_sequence(
     volumes: Mapping[str, Volume],
     frames_per_view: Sequence[Sequence[np.ndarray]],
@@ -1187,8 +1219,23 @@ def track_sequence(
     max_similarity_drop: float = 0.1,
     max_jump_mm: float = 5.0,
     max_jump_deg: float = 5.0,
+    min_similarity: float | None = None,
+    reseed: Reseed | None = None,
+    reseed_on: Sequence[str] = ("similarity_drop", "low_similarity"),
+    reseed_config: MultiViewConfig | None = None,
 ) -> TrackingResult:
     """Registers a sequence frame by frame, each frame warm-started from the previous frame's poses.
+
+    A warm start converges only within roughly a bone's width of the new pose; a faster motion
+    between frames (or a dropped frame) leaves the bone on another shadow, which the flags show.
+    With ``reseed``, a frame whose warm-started result raises any flag of ``reseed_on`` is
+    registered again from the seeds ``reseed`` returns for it (e.g. the automatic search,
+    :func:`jaxdrr.registration.initialize.search_seeds`), and the result with the higher mean
+    similarity is kept; the next frame starts from it::
+
+        frames8 = [[read_fluoro_frame(path, downsample=8) for path in cam] for cam in paths]
+        reseed = lambda t, views: search_seeds(volumes, [cam[t] for cam in frames8], Ps8)
+        track_sequence(volumes, images, views, poses, reseed=reseed, min_similarity=0.35)
 
     Args:
       volumes: ``{bone: Volume}``.
@@ -1202,10 +1249,20 @@ def track_sequence(
         more than this.
       max_jump_mm, max_jump_deg: flag a frame whose pose moved more than this from the previous
         frame (any bone; pivot translation and rotation angle).
+      min_similarity: flag a frame in which any bone's similarity in any view is below this (None:
+        no such flag). The scale depends on the images: on the Autoscoper wrist's frame 0002
+        (gradient correlation) converged bones score 0.47-0.56 and bones left on another shadow
+        0.13-0.28, so 0.35 separates them there.
+      reseed: ``(frame index, the frame's views) -> seeds`` (a list of ``{bone: RigidTransform}``;
+        an empty list keeps the warm-started result), or None (never re-seed).
+      reseed_on: the flags (of ``TRACKING_FLAGS``) that trigger a re-seed.
+      reseed_config: settings of the registration from the re-seeds (default ``first_config``).
 
     Returns:
-      :class:`TrackingResult` (per-frame results and flags ``similarity_drop``, ``pose_jump``,
-      ``not_converged`` and ``ok`` = none of them).
+      :class:`TrackingResult` (per-frame results, flags and warm-started results).
+
+    Raises:
+      JaxdrrError: inconsistent frames or views, or unknown ``reseed_on`` flags.
     """
     views = _check_views(views)
     if len(frames_per_view) != len(views):
@@ -1215,10 +1272,17 @@ def track_sequence(
         raise JaxdrrError(
             f"every view needs the same, non-zero number of frames, got {[len(f) for f in frames_per_view]}"
         )
+    unknown = sorted(set(reseed_on) - set(TRACKING_FLAGS))
+    if unknown:
+        raise JaxdrrError(f"reseed_on names unknown flags {unknown}; choose from {list(TRACKING_FLAGS)}")
+    if min_similarity is not None and not -1.0 <= float(min_similarity) <= 1.0:
+        raise JaxdrrError(f"min_similarity must lie in [-1, 1] (a correlation), got {min_similarity!r}")
     config = config or MultiViewConfig(n_starts=1)
     first_config = first_config or config
+    reseed_config = reseed_config or first_config
+    limits = (min_similarity, max_similarity_drop, max_jump_mm, max_jump_deg)
     n_frames = counts.pop()
-    results, flags = [], []
+    results, flags, tracked = [], [], []
     poses = dict(initial_poses)
     for t in range(n_frames):
         frame_views = []
@@ -1229,17 +1293,21 @@ def track_sequence(
                     f"frame {t} of view {view.name!r} has shape {img.shape}, expected {view.shape}"
                 )
             frame_views.append(view.replace(image=img))
+        prev = results[-1] if results else None
         res = register_multiview(volumes, frame_views, poses, first_config if t == 0 else config)
-        flag = {"similarity_drop": False, "pose_jump": False, "not_converged": not res.converged}
-        if results:
-            prev = results[-1]
-            flag["similarity_drop"] = res.mean_similarity() < prev.mean_similarity() - max_similarity_drop
-            for name, pose in res.poses.items():
-                d = pose_difference(prev.poses[name], pose)
-                if d["translation_mm"] > max_jump_mm or d["rotation_deg"] > max_jump_deg:
-                    flag["pose_jump"] = True
-        flag["ok"] = not any(flag.values())
+        tracked.append(res)
+        flag = _tracking_flags(res, prev, *limits)
+        flag["reseeded"] = flag["recovered"] = False
+        if reseed is not None and any(flag[f] for f in reseed_on):
+            seeds = list(reseed(t, frame_views))
+            flag["reseeded"] = bool(seeds)
+            if seeds:
+                again = register_multiview(volumes, frame_views, seeds, reseed_config)
+                if again.mean_similarity() > res.mean_similarity():
+                    res = again
+                    flag.update(_tracking_flags(res, prev, *limits), recovered=True)
+        flag["ok"] = not any(flag[f] for f in TRACKING_FLAGS)
         results.append(res)
         flags.append(flag)
         poses = res.poses
-    return TrackingResult(results=results, flags=flags)
+    return TrackingResult(results=results, flags=flags, tracked=tracked)
