@@ -47,8 +47,10 @@ Model (one place for each step):
   shapes (repeated registrations and tracking compile once).
 
 :func:`track_sequence` registers a sequence frame by frame, each warm-started from the previous
-frame's poses, and flags frames whose similarity drops, whose pose jumps or whose optimiser did
-not converge.
+frame's poses, and flags frames whose similarity drops, whose pose jumps, whose optimiser did
+not converge or (``min_similarity``) in which a bone matches poorly. A warm start reaches about
+10 deg / 10 mm; with ``reseed`` (e.g. the automatic search of :mod:`jaxdrr.registration.initialize`
+on that frame) a flagged frame is registered again from fresh seeds and the better result kept.
 """
 
 from __future__ import annotations
