@@ -419,6 +419,13 @@ def main(argv=None) -> int:
         help="coarse-to-fine levels FACTOR:ITERATIONS[:OPTIMIZER],... (default MultiViewConfig's, e.g. "
         "8:30,4:20,2:10,2:10:lbfgs; OPTIMIZER adam or lbfgs)",
     )
+    p.add_argument(
+        "--single-view-search",
+        default=None,
+        metavar="ROLL_DEG:SLIDE_MM",
+        help="the turn and slide search (roll_search_deg, slide_search_mm) in the single-view registrations of "
+        "the consistency step only (one view leaves a cropped shaft's slide along itself weakly constrained)",
+    )
     for field in CONFIG_OPTIONS:
         p.add_argument(
             "--" + field.replace("_", "-"),
@@ -517,7 +524,12 @@ def main(argv=None) -> int:
         report["repeatability"] = rep
 
     if "consistency" not in args.skip:
-        report["consistency"] = consistency(volumes, views, poses, config, points)
+        single = config
+        if args.single_view_search:
+            roll, slide = (float(x) for x in args.single_view_search.split(":"))
+            single = config.replace(roll_search_deg=roll, slide_search_mm=slide)
+            report["config"]["single_view_search"] = [roll, slide]
+        report["consistency"] = consistency(volumes, views, poses, single, points)
 
     if "realism" not in args.skip:
         report["realism"] = realism(volumes, poses, views, ref.rois)
