@@ -4,6 +4,7 @@
                   --out xray.png [--save-npz xray.npz]
     jaxdrr info CT
     jaxdrr register --ct CT --xray xray.npz --out pose.json
+    jaxdrr track --view 'FRAMES*.tif:CALIB.txt' ... --volume NAME=STACK.tif ... --out track.json
     jaxdrr mc [--ct CT] --photons 1e8 --out mc.npz
     jaxdrr segment CT --out materials.nii.gz [--method vnet|thresholds|labels] [--labels SEG --mapping M]
     jaxdrr dataset --config SPEC --out DIR      (jaxdrr dataset init SPEC: an example spec)
@@ -29,7 +30,7 @@ import jax
 
 import jaxdrr
 from jaxdrr._compile_cache import DISABLE_ENV, enable_compile_cache
-from jaxdrr.cli import dataset, info, mc, register, render, segment
+from jaxdrr.cli import dataset, info, mc, register, render, segment, track
 from jaxdrr.errors import JaxdrrError
 from jaxdrr.ops import project_backend
 
@@ -44,6 +45,7 @@ COMMANDS = {
     "render": render,
     "info": info,
     "register": register,
+    "track": track,
     "mc": mc,
     "segment": segment,
     "dataset": dataset,

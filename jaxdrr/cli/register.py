@@ -342,7 +342,6 @@ def parse_volume(text: str) -> tuple[str, Path, tuple[float, float, float]]:
 def read_poses(path) -> dict:
     """Per-bone poses from ``--init``: a file written by ``register --view`` (its ``poses``) or the
     initial-pose format of :func:`jaxdrr.registration.initialize.load_initial_poses`."""
-    from jaxdrr.geometry.rigid import RigidTransform
     from jaxdrr.registration.initialize import load_initial_poses
 
     try:
@@ -350,14 +349,39 @@ def read_poses(path) -> dict:
     except json.JSONDecodeError as e:
         raise JaxdrrError(f"--init {str(path)!r} is not valid JSON: {e}") from e
     if isinstance(data, dict) and isinstance(data.get("poses"), dict):
-        poses = {}
-        for name, entry in data["poses"].items():
-            T = np.asarray(entry.get("matrix") if isinstance(entry, dict) else None, np.float64)
-            if T.shape != (4, 4) or not np.all(np.isfinite(T)):
-                raise JaxdrrError(f"--init {str(path)!r}: pose of {name!r} needs a 4x4 'matrix'")
-            poses[name] = RigidTransform.from_matrix(T, tuple(entry.get("pivot_mm", (0.0, 0.0, 0.0))))
-        return poses
+        return poses_from_entries(data["poses"], f"--init {str(path)!r}")
     return load_initial_poses(path)
+
+
+def poses_from_entries(entries: dict, where: str) -> dict:
+    """``{bone: RigidTransform}`` from ``{bone: {"matrix": 4x4, "pivot_mm": [x, y, z]}}`` (the
+    ``poses`` this command and ``jaxdrr track`` write); ``where`` names the source in errors."""
+    from jaxdrr.geometry.rigid import RigidTransform
+
+    poses = {}
+    for name, entry in entries.items():
+        T = np.asarray(entry.get("matrix") if isinstance(entry, dict) else None, np.float64)
+        if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+            raise JaxdrrError(f"{where}: pose of {name!r} needs a 4x4 'matrix'")
+        poses[name] = RigidTransform.from_matrix(T, tuple(entry.get("pivot_mm", (0.0, 0.0, 0.0))))
+    return poses
+
+
+def pose_entries(poses: dict) -> dict:
+    """The JSON form of ``{bone: RigidTransform}`` that :func:`poses_from_entries` reads."""
+    return {
+        n: {"matrix": np.asarray(p.matrix(), np.float64).tolist(), "pivot_mm": list(p.pivot)}
+        for n, p in poses.items()
+    }
+
+
+def init_poses(path, names: list[str]) -> dict:
+    """The ``--init`` poses of the bones ``names`` (every one must be there)."""
+    poses = read_poses(path)
+    missing = sorted(set(names) - set(poses))
+    if missing:
+        raise JaxdrrError(f"--init {path} has no pose for {missing} (it has {sorted(poses)})")
+    return {n: poses[n] for n in names}
 
 
 def run_multiview(args) -> int:
@@ -434,11 +458,7 @@ def run_multiview(args) -> int:
             )
         volumes = {n: read_tiff_volume(p, voxel) for n, p, voxel in volumes_in}
     if args.init is not None:
-        poses = read_poses(args.init)
-        missing = sorted(set(names) - set(poses))
-        if missing:
-            raise JaxdrrError(f"--init {args.init} has no pose for {missing} (it has {sorted(poses)})")
-        seeds = {n: poses[n] for n in names}
+        seeds = init_poses(args.init, names)
     else:
         seeds = auto_seeds(views_in, volumes, quiet=args.quiet)
     total = sum(lv[1] for lv in config.levels)
@@ -447,10 +467,7 @@ def run_multiview(args) -> int:
     bar.close()
     elapsed = time.perf_counter() - t0
     out = result.to_dict()
-    out["poses"] = {
-        n: {"matrix": np.asarray(p.matrix(), np.float64).tolist(), "pivot_mm": list(p.pivot)}
-        for n, p in result.poses.items()
-    }
+    out["poses"] = pose_entries(result.poses)
     out["views"] = [
         {"name": v.name, "image": str(i.resolve()), "calibration": str(c.resolve())}
         for v, (i, c) in zip(views, views_in)

@@ -1214,7 +1214,7 @@ def track_sequence(
     volumes: Mapping[str, Volume],
     frames_per_view: Sequence[Sequence[np.ndarray]],
     views: Sequence[View],
-    initial_poses: Mapping[str, RigidTransform],
+    initial_poses: Mapping[str, RigidTransform] | Sequence[Mapping[str, RigidTransform]],
     config: MultiViewConfig | None = None,
     *,
     first_config: MultiViewConfig | None = None,
@@ -1225,6 +1225,7 @@ def track_sequence(
     reseed: Reseed | None = None,
     reseed_on: Sequence[str] = ("similarity_drop", "low_similarity"),
     reseed_config: MultiViewConfig | None = None,
+    on_frame: Callable[[int, MultiViewResult, dict[str, bool]], None] | None = None,
 ) -> TrackingResult:
     """Registers a sequence frame by frame, each frame warm-started from the previous frame's poses.
 
@@ -1244,7 +1245,8 @@ def track_sequence(
       frames_per_view: ``[view][frame]`` images (every view the same number of frames, each frame
         the shape of its view's image).
       views: the calibrated views (P, mask, name; their ``image`` is replaced by each frame's).
-      initial_poses: the poses for the first frame's start.
+      initial_poses: the poses for the first frame's start (``{bone: RigidTransform}``, or a list of
+        them: the seeds of a multi-start, e.g. from the automatic search).
       config: settings of every frame after the first (default: :class:`MultiViewConfig` with one
         start: the previous frame's poses). ``first_config``: settings of the first frame (default ``config``).
       max_similarity_drop: flag a frame whose mean similarity is lower than the previous frame's by
@@ -1259,6 +1261,8 @@ def track_sequence(
         an empty list keeps the warm-started result), or None (never re-seed).
       reseed_on: the flags (of ``TRACKING_FLAGS``) that trigger a re-seed.
       reseed_config: settings of the registration from the re-seeds (default ``first_config``).
+      on_frame: called with (frame index, kept result, flags) after each frame (e.g. to save
+        progress).
 
     Returns:
       :class:`TrackingResult` (per-frame results, flags and warm-started results).
@@ -1285,7 +1289,7 @@ def track_sequence(
     limits = (min_similarity, max_similarity_drop, max_jump_mm, max_jump_deg)
     n_frames = counts.pop()
     results, flags, tracked = [], [], []
-    poses = dict(initial_poses)
+    poses = dict(initial_poses) if isinstance(initial_poses, Mapping) else list(initial_poses)
     for t in range(n_frames):
         frame_views = []
         for v, view in enumerate(views):
@@ -1312,4 +1316,6 @@ def track_sequence(
         results.append(res)
         flags.append(flag)
         poses = res.poses
+        if on_frame is not None:
+            on_frame(t, res, flag)
     return TrackingResult(results=results, flags=flags, tracked=tracked)
