@@ -15,7 +15,7 @@ held-out benchmark's tracking settings: default levels, 8 starts) twice:
 
 * warm start only: distance of each bone from its reference pose (mean over the bone's voxels),
   similarities, flags (``min_similarity`` 0.35: between the converged 0.47-0.56 and the lost
-  0.13-0.28 of frame 0002's repeatability runs, README);
+  0.17-0.28 of frame 0002's repeatability runs, README);
 * with ``reseed``: a flagged frame is registered again from the automatic search's joint seeds
   (:func:`jaxdrr.registration.initialize.search_seeds` at 1/8 size; the frame is the same in every
   draw, so the search runs once and its time is added to each re-seeded frame's).

@@ -1256,7 +1256,7 @@ def track_sequence(
       min_similarity: flag a frame in which any bone's similarity in any view is below this (None:
         no such flag). The scale depends on the images: on the Autoscoper wrist's frame 0002
         (gradient correlation) converged bones score 0.47-0.56 and bones left on another shadow
-        0.13-0.28, so 0.35 separates them there.
+        0.17-0.28, so 0.35 separates them there.
       reseed: ``(frame index, the frame's views) -> seeds`` (a list of ``{bone: RigidTransform}``;
         an empty list keeps the warm-started result), or None (never re-seed).
       reseed_on: the flags (of ``TRACKING_FLAGS``) that trigger a re-seed.
